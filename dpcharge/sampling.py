@@ -1,0 +1,72 @@
+"""Grid points of a density: where they are, and which of them go into training frames.
+
+Grid points are numbered by their flat index in C order of the (NX, NY, NZ) grid,
+so ``density.ravel()[index]`` is the density at point ``index``, which sits at
+fractional coordinates (i/NX, j/NY, k/NZ) with ``(i, j, k) = unravel_index(index)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dpcharge.errors import InputError
+
+
+def grid_points(cell: np.ndarray, shape: tuple[int, int, int], index: np.ndarray) -> np.ndarray:
+    """Return the Cartesian coordinates (Å) of grid points given by flat index.
+
+    Parameters
+    ----------
+    cell
+        Cell vectors as rows, shape (3, 3), in Å.
+    shape
+        Grid counts (NX, NY, NZ).
+    index
+        Flat C-order indices into the grid, any shape.
+
+    Returns
+    -------
+    numpy.ndarray
+        Coordinates in Å, shape ``index.shape + (3,)``.
+    """
+    fractional = np.stack(np.unravel_index(index, shape), axis=-1) / np.asarray(shape)
+    return fractional @ np.asarray(cell, dtype=float)
+
+
+def sample_grid_points(grid_size: int, points: int, seed: int) -> np.ndarray:
+    """Draw distinct grid points uniformly at random.
+
+    Parameters
+    ----------
+    grid_size
+        Number of points of the grid, NX·NY·NZ.
+    points
+        How many to draw, without replacement.
+    seed
+        Seed of the random generator: the same seed gives the same points.
+
+    Returns
+    -------
+    numpy.ndarray
+        Flat grid indices, in the random order they were drawn.
+    """
+    if points < 1:
+        raise InputError(f"the number of points must be positive, got {points}")
+    if points > grid_size:
+        raise InputError(f"{points} points requested but the grid has only {grid_size}")
+    return np.random.default_rng(seed).choice(grid_size, size=points, replace=False)
+
+
+def frame_size_for_all_points(grid_size: int, points_per_frame: int) -> int:
+    """Return the largest frame size not above ``points_per_frame`` that divides the grid.
+
+    DeePMD-kit needs the same number of atoms in every frame of a system, so a
+    whole grid is cut into equal frames: no point is lost or written twice. VASP
+    and Quantum ESPRESSO grids have small prime factors, so the size found is
+    close to the one asked for.
+    """
+    if points_per_frame < 1:
+        raise InputError(f"points per frame must be positive, got {points_per_frame}")
+    return max(
+        size for size in range(1, min(points_per_frame, grid_size) + 1) if grid_size % size == 0
+    )
