@@ -77,7 +77,7 @@ def read_density(
         raise InputError(f"unknown density component {component!r}; use one of {COMPONENTS}")
     lines = _read_lines(path)
     atoms, first_grid_line = _read_header(path, lines, type_map)
-    volume = atoms.get_volume()
+    volume = abs(np.linalg.det(atoms.get_cell().array))
     if not volume > 1e-8:
         raise InputError(f"{path}: the cell has zero volume ({volume:.3g} Å^3)")
     grid_shape, blocks = _read_blocks(path, lines, first_grid_line)

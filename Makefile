@@ -1,0 +1,31 @@
+# dpcharge: `make demo` runs the example end to end, `make test` runs the test suite.
+# Both create the virtual environment .venv (with `python3 -m venv`) if it is missing.
+
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+
+.PHONY: demo test lint install
+
+demo: $(VENV)/.installed
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/demo.sh
+
+test: $(VENV)/.installed-test lint
+	$(PYTHON) -m pytest
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+install: $(VENV)/.installed
+
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(VENV)/bin/python setup.cfg pyproject.toml
+	$(PYTHON) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/bin/python setup.cfg pyproject.toml
+	$(PYTHON) -m pip install --quiet -e ".[test]"
+	touch $(VENV)/.installed $@

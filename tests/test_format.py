@@ -1,0 +1,84 @@
+"""The dpdata format vasp/chgcar on real densities."""
+
+from pathlib import Path
+
+import dpdata
+import numpy as np
+import pytest
+
+from dpcharge.chgcar import read_density
+from dpcharge.errors import InputError
+
+DATA = Path(__file__).parent / "data"
+SI8 = DATA / "CHGCAR_Si8_qe.gz"
+
+
+def grid_index(system, density_shape):
+    """Recover each grid atom's (i, j, k) from its coordinates: (frames, points, 3)."""
+    real = sum(system["atom_numbs"][:-1])
+    fractional = system["coords"][:, real:] @ np.linalg.inv(system["cells"][0])
+    index = fractional * np.array(density_shape)
+    rounded = np.rint(index)
+    assert np.abs(index - rounded).max() < 1e-8  # exactly on the grid
+    return rounded.astype(int)
+
+
+def test_every_label_is_the_file_value_at_that_grid_point():
+    atoms, density = read_density(SI8)
+    system = dpdata.System(SI8, fmt="vasp/chgcar", points=4000, points_per_frame=200, seed=3)
+    assert system.get_nframes() == 20
+    assert system["atom_names"] == ["Si", "X"]
+    assert system["atom_numbs"] == [8, 200]
+    labels = system["atom_ener"]
+    assert np.all(labels[:, :8] == 0)
+    ijk = grid_index(system, density.shape)
+    assert np.array_equal(labels[:, 8:], density[ijk[..., 0], ijk[..., 1], ijk[..., 2]])
+    assert np.allclose(system["coords"][:, :8], atoms.positions)
+    flat = np.ravel_multi_index(ijk.reshape(-1, 3).T, density.shape)
+    assert len(np.unique(flat)) == 4000  # without replacement
+
+
+def test_all_points_takes_every_grid_point_once():
+    _, density = read_density(SI8)
+    system = dpdata.System(SI8, fmt="vasp/chgcar", all_points=True, points_per_frame=200)
+    assert system["atom_numbs"] == [8, 192]
+    flat = np.ravel_multi_index(grid_index(system, density.shape).reshape(-1, 3).T, density.shape)
+    assert np.array_equal(np.sort(flat), np.arange(density.size))
+    assert system["atom_ener"][:, 8:].sum() == pytest.approx(density.sum(), rel=1e-12)
+
+
+def test_same_seed_same_frames_other_seed_other_frames():
+    def labels(seed):
+        return dpdata.System(SI8, fmt="vasp/chgcar", points=400, seed=seed)["atom_ener"]
+
+    assert np.array_equal(labels(1), labels(1))
+    assert not np.array_equal(labels(1), labels(2))
+
+
+def test_type_map_orders_real_elements_and_puts_the_grid_type_last(tmp_path):
+    path = DATA / "CHGCAR_Al4_lda_qe.gz"
+    system = dpdata.System(path, fmt="vasp/chgcar", type_map=["Mg", "Al", "grid"], points=400)
+    assert system["atom_names"] == ["Mg", "Al", "grid"]
+    assert system["atom_numbs"] == [0, 4, 200]
+    assert np.array_equal(system["atom_types"], [1] * 4 + [2] * 200)
+    system.to("deepmd/npy", tmp_path / "al")
+    assert (tmp_path / "al/type_map.raw").read_text().split() == ["Mg", "Al", "grid"]
+    back = dpdata.System(tmp_path / "al", fmt="deepmd/npy")
+    assert np.array_equal(back["atom_ener"], system["atom_ener"])
+    assert not (tmp_path / "al/set.000/energy.npy").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"type_map": ["Mg", "X"]}, r"elements \['Si'\] are not in the type map"),
+        ({"type_map": ["X", "Si"]}, "the grid-point type 'Si' is also an element"),
+        ({"type_map": ["Si", "Si", "X"]}, "names a type twice"),
+        ({"virtual_type": "Si"}, "is also an element"),
+        ({"points": 1000, "points_per_frame": 300}, "do not split into frames of 300"),
+        ({"points": 50000}, "50000 points requested but the grid has only 46656"),
+    ],
+)
+def test_bad_options_are_refused(options, message):
+    with pytest.raises(InputError, match=message):
+        dpdata.System(SI8, fmt="vasp/chgcar", **options)
