@@ -1,7 +1,8 @@
 """The dpdata format ``vasp/chgcar``: a density file as frames of atoms plus grid points.
 
 Each frame holds every real atom of the structure and a set of grid points as
-atoms of one extra virtual type, the last entry of the type map. The per-atom
+atoms of one extra virtual type, the last entry of the type map (a grid point
+on a nucleus moves out to `dpcharge.sampling.MIN_DISTANCE`). The per-atom
 label ``atom_ener`` is the density in e/Å^3 at grid points and 0 at real atoms,
 so DeePMD-kit reads it as an atomic-energy-like label::
 
@@ -24,7 +25,12 @@ from dpdata.format import Format
 
 from dpcharge.chgcar import read_density
 from dpcharge.errors import InputError
-from dpcharge.sampling import frame_size_for_all_points, grid_points, sample_grid_points
+from dpcharge.sampling import (
+    frame_size_for_all_points,
+    grid_points,
+    keep_away_from_atoms,
+    sample_grid_points,
+)
 
 VIRTUAL_TYPE = "X"
 """Default name of the grid-point type: ase's dummy atom, which is no element."""
@@ -126,7 +132,9 @@ class ChgcarFormat(Format):
         coords = np.concatenate(
             [
                 np.broadcast_to(atoms.get_positions(), (frames, len(atoms), 3)),
-                grid_points(cell, density.shape, index),
+                keep_away_from_atoms(
+                    grid_points(cell, density.shape, index), atoms.positions, cell
+                ),
             ],
             axis=1,
         )

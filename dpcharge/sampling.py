@@ -3,13 +3,23 @@
 Grid points are numbered by their flat index in C order of the (NX, NY, NZ) grid,
 so ``density.ravel()[index]`` is the density at point ``index``, which sits at
 fractional coordinates (i/NX, j/NY, k/NZ) with ``(i, j, k) = unravel_index(index)``.
+
+A grid point on top of a nucleus would give DeePMD-kit's descriptor a zero
+distance (1/r = inf, NaN in training and prediction), and ideal crystals put atoms
+exactly on grid points. Such points are moved radially out to `MIN_DISTANCE` from
+the atom, the same way for training data and for prediction; pseudo-densities are
+smooth at that scale.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from dpcharge.errors import InputError
+
+MIN_DISTANCE = 0.01
+"""Closest a grid point may sit to a nucleus, in Å (see the module docstring)."""
 
 
 def grid_points(cell: np.ndarray, shape: tuple[int, int, int], index: np.ndarray) -> np.ndarray:
@@ -70,3 +80,36 @@ def frame_size_for_all_points(grid_size: int, points_per_frame: int) -> int:
     return max(
         size for size in range(1, min(points_per_frame, grid_size) + 1) if grid_size % size == 0
     )
+
+
+def keep_away_from_atoms(points: np.ndarray, positions: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """Move grid points closer than `MIN_DISTANCE` to an atom out to that distance.
+
+    Parameters
+    ----------
+    points
+        Grid point coordinates in Å, shape (..., 3).
+    positions
+        Atomic positions in Å, shape (N, 3).
+    cell
+        Periodic cell vectors as rows, in Å.
+
+    Returns
+    -------
+    numpy.ndarray
+        The coordinates, with points near a nucleus (or its periodic images)
+        pushed radially away from it to `MIN_DISTANCE`; a point exactly on a
+        nucleus moves along (1, 1, 1).
+    """
+    cell = np.asarray(cell, dtype=float)
+    shifts = np.stack(np.meshgrid(*[(-1, 0, 1)] * 3, indexing="ij"), -1).reshape(-1, 3) @ cell
+    images = (np.asarray(positions)[None, :, :] + shifts[:, None, :]).reshape(-1, 3)
+    flat = np.array(points, dtype=float).reshape(-1, 3)
+    distance, nearest = cKDTree(images).query(flat, distance_upper_bound=MIN_DISTANCE)
+    close = np.isfinite(distance)
+    if close.any():
+        offset = flat[close] - images[nearest[close]]
+        norm = np.linalg.norm(offset, axis=1, keepdims=True)
+        direction = np.where(norm > 0, offset / np.where(norm > 0, norm, 1), 1 / np.sqrt(3))
+        flat[close] = images[nearest[close]] + MIN_DISTANCE * direction
+    return flat.reshape(np.shape(points))

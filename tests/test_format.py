@@ -8,6 +8,7 @@ import pytest
 
 from dpcharge.chgcar import read_density
 from dpcharge.errors import InputError
+from dpcharge.sampling import MIN_DISTANCE
 
 DATA = Path(__file__).parent / "data"
 SI8 = DATA / "CHGCAR_Si8_qe.gz"
@@ -17,9 +18,11 @@ def grid_index(system, density_shape):
     """Recover each grid atom's (i, j, k) from its coordinates: (frames, points, 3)."""
     real = sum(system["atom_numbs"][:-1])
     fractional = system["coords"][:, real:] @ np.linalg.inv(system["cells"][0])
-    index = fractional * np.array(density_shape)
-    rounded = np.rint(index)
-    assert np.abs(index - rounded).max() < 1e-8  # exactly on the grid
+    rounded = np.rint(fractional * np.array(density_shape))
+    on_grid = rounded / np.array(density_shape) @ system["cells"][0]
+    offset = np.linalg.norm(system["coords"][:, real:] - on_grid, axis=-1)
+    # exactly on the grid, but for points moved off a nucleus
+    assert np.all((offset < 1e-9) | np.isclose(offset, MIN_DISTANCE, atol=1e-9))
     return rounded.astype(int)
 
 
@@ -45,6 +48,11 @@ def test_all_points_takes_every_grid_point_once():
     flat = np.ravel_multi_index(grid_index(system, density.shape).reshape(-1, 3).T, density.shape)
     assert np.array_equal(np.sort(flat), np.arange(density.size))
     assert system["atom_ener"][:, 8:].sum() == pytest.approx(density.sum(), rel=1e-12)
+    # the ideal crystal has its 8 atoms on grid points: those moved off the nuclei
+    grid = system["coords"][:, 8:].reshape(-1, 3)
+    distance = np.linalg.norm(grid[:, None, :] - system["coords"][0, None, :8], axis=-1).min(1)
+    assert np.sum(np.isclose(distance, MIN_DISTANCE)) == 8
+    assert distance.min() == pytest.approx(MIN_DISTANCE)
 
 
 def test_same_seed_same_frames_other_seed_other_frames():

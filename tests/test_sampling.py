@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from dpcharge.errors import InputError
-from dpcharge.sampling import frame_size_for_all_points, grid_points, sample_grid_points
+from dpcharge.sampling import (
+    MIN_DISTANCE,
+    frame_size_for_all_points,
+    grid_points,
+    keep_away_from_atoms,
+    sample_grid_points,
+)
 
 
 def test_grid_points_sit_at_fractional_i_over_n_of_a_non_orthogonal_cell():
@@ -48,3 +54,22 @@ def test_frame_size_for_all_points_divides_the_grid(grid_size, requested, expect
     size = frame_size_for_all_points(grid_size, requested)
     assert size == expected
     assert grid_size % size == 0
+
+
+def test_points_on_or_near_a_nucleus_move_out_to_the_minimum_distance():
+    cell = np.array([[5.0, 0.0, 0.0], [1.0, 5.0, 0.0], [0.0, 0.0, 5.0]])
+    positions = np.array([[0.0, 0.0, 0.0], [2.5, 2.5, 2.5]])
+    points = np.array(
+        [
+            [0.0, 0.0, 0.0],  # on an atom
+            [2.5, 2.5, 2.5 + 0.004],  # 0.004 Å above the second atom
+            [6.0 - 0.003, 5.0, 5.0],  # 0.003 Å from a periodic image of the first
+            [1.0, 1.0, 1.0],  # far from both
+        ]
+    )
+    moved = keep_away_from_atoms(points, positions, cell)
+    assert np.allclose(moved[0], MIN_DISTANCE / np.sqrt(3))
+    assert np.allclose(moved[1], [2.5, 2.5, 2.5 + MIN_DISTANCE])
+    assert np.allclose(moved[2], [6.0 - MIN_DISTANCE, 5.0, 5.0])
+    assert np.array_equal(moved[3], points[3])
+    assert keep_away_from_atoms(points[None], positions, cell).shape == (1, 4, 3)
