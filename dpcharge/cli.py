@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dpcharge {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_convert(commands)
+    _add_reassemble(commands)
+    _add_test(commands)
     return parser
 
 
@@ -227,3 +229,230 @@ def _replace_folder(new: Path, target: Path) -> None:
         shutil.rmtree(old)
     else:
         os.replace(new, target)
+
+
+def _add_reassemble(commands: argparse._SubParsersAction) -> None:
+    from dpcharge.predict import DEFAULT_SPACING
+
+    parser = commands.add_parser(
+        "reassemble",
+        help="predict the density of a structure on a whole grid (CHGCAR or cube)",
+        description="Predict the density (e/Å^3) of a structure at every point of a grid "
+        "spanning its cell with a frozen density model, and write it as a CHGCAR "
+        "(rho·V_cell, VASP layout, the structure as header) or a Gaussian cube file. "
+        "Grid points are evaluated in chunks with a neighbour list of real atoms only, "
+        "so the time grows linearly with the grid size.",
+    )
+    parser.add_argument("model", metavar="MODEL", help="frozen density model (dp --tf freeze)")
+    parser.add_argument(
+        "structure",
+        metavar="STRUCTURE",
+        help="the structure: POSCAR/CONTCAR, CHGCAR (plain or gzip), extxyz, cif or any "
+        "other file ase reads; needs a 3-d cell",
+    )
+    parser.add_argument("-o", "--output", required=True, metavar="FILE", help="output file")
+    parser.add_argument(
+        "--format",
+        choices=("chgcar", "cube"),
+        default="chgcar",
+        help="output format: VASP CHGCAR (default) or Gaussian cube (e/bohr^3)",
+    )
+    parser.add_argument(
+        "--npy",
+        metavar="FILE",
+        help="also save the density as a numpy array (NX, NY, NZ) in e/Å^3",
+    )
+    grid = parser.add_mutually_exclusive_group()
+    grid.add_argument(
+        "--grid", nargs=3, type=int, metavar=("NX", "NY", "NZ"), help="grid point counts"
+    )
+    grid.add_argument(
+        "--spacing",
+        type=float,
+        metavar="Å",
+        help="largest grid spacing along each cell vector, in Å; the counts are the "
+        "smallest FFT-friendly ones (factors 2, 3, 5, 7), as VASP chooses them",
+    )
+    grid.add_argument(
+        "--like",
+        metavar="CHGCAR",
+        help="use the grid of this reference file, whose cell must be the structure's",
+    )
+    electrons = parser.add_mutually_exclusive_group()
+    electrons.add_argument(
+        "--nelect",
+        type=float,
+        metavar="N",
+        help="rescale the density to integrate to N (valence) electrons",
+    )
+    electrons.add_argument(
+        "--normalize",
+        action="store_true",
+        help="rescale the density to the electron count of the reference density (the "
+        "input CHGCAR or the --like file)",
+    )
+    _add_prediction_options(parser)
+    parser.epilog = (
+        "Default grid: the input's own grid when STRUCTURE is a CHGCAR, otherwise "
+        f"--spacing {DEFAULT_SPACING} Å. The grid used and the integral of the density "
+        "(before and after any rescaling) are always printed."
+    )
+    parser.set_defaults(run=_run_reassemble)
+
+
+def _add_prediction_options(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of whole-grid prediction shared by reassemble and test."""
+    from dpcharge.predict import DEFAULT_CHUNK
+
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=DEFAULT_CHUNK,
+        metavar="N",
+        help="grid points per model evaluation; bounds the memory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="TensorFlow intra- and inter-op threads (default: 0, TensorFlow's choice)",
+    )
+
+
+def _run_reassemble(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from dpcharge import predict
+    from dpcharge.chgcar import read_density, write_chgcar, write_cube
+    from dpcharge.metrics import electron_count
+
+    _check_prediction_options(args)
+    for path in (args.output, args.npy):
+        if path is not None and not Path(path).resolve().parent.is_dir():
+            raise InputError(f"{path}: the folder does not exist")
+    atoms, reference = predict.read_structure(args.structure)
+    cell = predict.check_cell(atoms)
+    if args.grid is not None:
+        shape, source = predict.check_grid_shape(args.grid), "--grid"
+    elif args.spacing is not None:
+        shape, source = predict.grid_for_spacing(cell, args.spacing), f"--spacing {args.spacing} Å"
+    elif args.like is not None:
+        like_atoms, reference = read_density(args.like)
+        if not np.allclose(like_atoms.get_cell().array, cell, atol=1e-4):
+            raise InputError(f"{args.like}: its cell differs from the structure's")
+        shape, source = reference.shape, f"--like {args.like}"
+    elif reference is not None:
+        shape, source = reference.shape, f"the grid of {args.structure}"
+    else:
+        spacing = predict.DEFAULT_SPACING
+        shape, source = predict.grid_for_spacing(cell, spacing), f"default spacing {spacing} Å"
+    if args.normalize and reference is None:
+        raise InputError(
+            "--normalize needs a reference density (STRUCTURE a CHGCAR, or --like); "
+            "give --nelect N instead"
+        )
+    model = predict.DensityModel(args.model, threads=args.threads)
+    spacings = np.linalg.norm(cell, axis=1) / shape
+    print(
+        f"grid {shape[0]} x {shape[1]} x {shape[2]} = {np.prod(shape):,} points "
+        f"(spacing {spacings[0]:.3f} {spacings[1]:.3f} {spacings[2]:.3f} Å) from {source}"
+    )
+    density = model.predict_grid(atoms, shape, args.chunk, progress=sys.stderr.isatty())
+    volume = atoms.get_volume()
+    print(f"predicted density integrates to {electron_count(density, volume):.4f} e")
+    target = electron_count(reference, volume) if args.normalize else args.nelect
+    if target is not None:
+        density = predict.rescale_to_electrons(density, volume, target)
+        print(f"rescaled to {electron_count(density, volume):.4f} e")
+    write = write_cube if args.format == "cube" else write_chgcar
+    write(args.output, atoms, density)
+    units = "cube, e/bohr^3" if args.format == "cube" else "CHGCAR, rho·V_cell"
+    print(f"wrote {args.output} ({units})")
+    if args.npy is not None:
+        predict.write_npy(args.npy, density)
+        print(f"wrote {args.npy} (numpy array {shape}, e/Å^3)")
+
+
+def _check_prediction_options(args: argparse.Namespace) -> None:
+    """Refuse bad --chunk and --threads before any slow work."""
+    if args.chunk < 1:
+        raise InputError(f"--chunk must be positive, got {args.chunk}")
+    if args.threads < 0:
+        raise InputError(f"--threads must be 0 (TensorFlow's choice) or more, got {args.threads}")
+
+
+def _add_test(commands: argparse._SubParsersAction) -> None:
+    from dpcharge.plots import DEFAULT_THRESHOLDS
+
+    parser = commands.add_parser(
+        "test",
+        help="judge a model against DFT densities on their whole grids",
+        description="Predict every grid point of each reference density (CHGCAR, plain or "
+        "gzip) and print, per file and over all files: MAE and RMSE (e/Å^3), NMAE = "
+        "sum|error| / sum|rho| (%%), R², the largest absolute error (e/Å^3) and the "
+        "electron counts (e) of prediction and reference.",
+    )
+    parser.add_argument("model", metavar="MODEL", help="frozen density model (dp --tf freeze)")
+    parser.add_argument("files", nargs="+", metavar="CHGCAR", help="reference densities")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="write PNG figures per file: parity plot, error histogram, slice, line",
+    )
+    parser.add_argument(
+        "--thresholds",
+        nargs="+",
+        type=float,
+        default=DEFAULT_THRESHOLDS,
+        metavar="E",
+        help="absolute errors (e/Å^3) whose fractions the error histogram reports "
+        "(default: %(default)s)",
+    )
+    _add_prediction_options(parser)
+    parser.set_defaults(run=_run_test)
+
+
+def _run_test(args: argparse.Namespace) -> None:
+    import json
+
+    from dpcharge import predict
+    from dpcharge.chgcar import _write_atomically, read_density
+    from dpcharge.metrics import TABLE_HEADER, density_errors
+    from dpcharge.plots import write_figures
+
+    _check_prediction_options(args)
+    for path in (args.json, args.plots):
+        if path is not None and not Path(path).resolve().parent.is_dir():
+            raise InputError(f"{path}: the folder does not exist")
+    names = _system_names(args.files)
+    model = predict.DensityModel(args.model, threads=args.threads)
+    print(TABLE_HEADER)
+    references, predictions, volumes, report = [], [], [], {}
+    for path, name in zip(args.files, names, strict=True):
+        atoms, reference = read_density(path)
+        prediction = model.predict_grid(
+            atoms, reference.shape, args.chunk, progress=sys.stderr.isatty()
+        )
+        errors = density_errors([reference], [prediction], [atoms.get_volume()])
+        print(errors.row(name), flush=True)
+        report[path] = errors.as_dict()
+        references.append(reference)
+        predictions.append(prediction)
+        volumes.append(atoms.get_volume())
+        if args.plots is not None:
+            write_figures(args.plots, name, atoms, reference, prediction, args.thresholds)
+    overall = density_errors(references, predictions, volumes)
+    print(overall.row("overall"))
+    if args.plots is not None:
+        print(f"figures: {args.plots}/<name>_{{parity,errors,slice,line}}.png")
+    if args.json is not None:
+        document = {
+            "model": args.model,
+            "units": {"mae": "e/Å^3", "rmse": "e/Å^3", "max_error": "e/Å^3", "nmae": "%"},
+            "files": report,
+            "overall": overall.as_dict(),
+        }
+        _write_atomically(args.json, lambda s: json.dump(document, s, indent=2, ensure_ascii=False))
+        print(f"wrote {args.json}")

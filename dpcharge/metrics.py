@@ -1,0 +1,124 @@
+"""Errors of a predicted density against a DFT reference, as reported in the paper.
+
+All densities are in e/Å^3 on the same grid spanning the cell; electron counts
+are the grid integrals in e (mean density times cell volume).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from dpcharge.errors import InputError
+
+TABLE_HEADER = (
+    f"{'':<24} {'points':>9} {'MAE e/Å^3':>10} {'RMSE e/Å^3':>10} {'NMAE %':>7} "
+    f"{'R²':>8} {'max e/Å^3':>10} {'e predicted':>11} {'e DFT':>9}"
+)
+"""Header of the table of errors printed by ``dpcharge test`` (see `DensityErrors.row`)."""
+
+
+@dataclass(frozen=True)
+class DensityErrors:
+    """Errors of a prediction over the grid points of one or more densities.
+
+    Attributes
+    ----------
+    points
+        Number of grid points compared.
+    mae
+        Mean absolute error, e/Å^3.
+    rmse
+        Root-mean-square error, e/Å^3.
+    nmae
+        Normalised mean absolute error, sum|error| / sum|reference|, in %.
+    r2
+        Coefficient of determination of the prediction against the reference.
+    max_error
+        Largest absolute error, e/Å^3.
+    electrons_predicted
+        Integral of the predicted density over the cell(s), e.
+    electrons_reference
+        Integral of the reference density over the cell(s), e.
+    """
+
+    points: int
+    mae: float
+    rmse: float
+    nmae: float
+    r2: float
+    max_error: float
+    electrons_predicted: float
+    electrons_reference: float
+
+    def as_dict(self) -> dict[str, float]:
+        """Return the errors as a plain dictionary (for JSON)."""
+        return asdict(self)
+
+    def row(self, name: str) -> str:
+        """Format the errors as one row of the table under `TABLE_HEADER`."""
+        return (
+            f"{name:<24.24} {self.points:>9} {self.mae:>10.3e} {self.rmse:>10.3e} "
+            f"{self.nmae:>7.3f} {self.r2:>8.5f} {self.max_error:>10.3e} "
+            f"{self.electrons_predicted:>11.3f} {self.electrons_reference:>9.3f}"
+        )
+
+
+def electron_count(density: np.ndarray, volume: float) -> float:
+    """Return the number of electrons of a density on a grid spanning the cell.
+
+    Parameters
+    ----------
+    density
+        Density in e/Å^3, any grid shape.
+    volume
+        Cell volume in Å^3.
+
+    Returns
+    -------
+    float
+        Mean density times volume, in e.
+    """
+    return float(np.mean(density) * volume)
+
+
+def density_errors(
+    references: list[np.ndarray], predictions: list[np.ndarray], volumes: list[float]
+) -> DensityErrors:
+    """Compare predicted densities with references over all their grid points together.
+
+    Parameters
+    ----------
+    references
+        Reference (DFT) densities in e/Å^3, one array per structure.
+    predictions
+        Predicted densities in e/Å^3, each of the same shape as its reference.
+    volumes
+        Cell volume of each structure in Å^3 (for the electron counts).
+
+    Returns
+    -------
+    DensityErrors
+        Errors pooled over every grid point; electron counts summed over structures.
+    """
+    for reference, prediction in zip(references, predictions, strict=True):
+        if np.shape(reference) != np.shape(prediction):
+            raise InputError(
+                f"grids differ: reference {np.shape(reference)}, prediction {np.shape(prediction)}"
+            )
+    reference = np.concatenate([np.ravel(r) for r in references])
+    prediction = np.concatenate([np.ravel(p) for p in predictions])
+    error = prediction - reference
+    absolute = np.abs(error)
+    spread = np.sum((reference - reference.mean()) ** 2)
+    return DensityErrors(
+        points=int(reference.size),
+        mae=float(absolute.mean()),
+        rmse=float(np.sqrt(np.mean(error**2))),
+        nmae=float(100 * absolute.sum() / np.abs(reference).sum()),
+        r2=float(1 - np.sum(error**2) / spread) if spread > 0 else float("nan"),
+        max_error=float(absolute.max()),
+        electrons_predicted=sum(map(electron_count, predictions, volumes)),
+        electrons_reference=sum(map(electron_count, references, volumes)),
+    )
