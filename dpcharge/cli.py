@@ -437,7 +437,7 @@ def _run_test(args: argparse.Namespace) -> None:
         )
         errors = density_errors([reference], [prediction], [atoms.get_volume()])
         print(errors.row(name), flush=True)
-        report[path] = errors.as_dict()
+        report[name] = {"path": path, **errors.as_dict()}
         references.append(reference)
         predictions.append(prediction)
         volumes.append(atoms.get_volume())

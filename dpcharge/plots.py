@@ -159,7 +159,7 @@ def slice_figure(atoms: Atoms, reference: np.ndarray, prediction: np.ndarray) ->
 
 def line_figure(atoms: Atoms, reference: np.ndarray, prediction: np.ndarray) -> Figure:
     """DFT and predicted density along the body diagonal from (0, 0, 0) to (1, 1, 1)."""
-    samples = 4 * max(reference.shape)
+    samples = 4 * max(reference.shape) + 1  # odd: the midpoint is a sample
     fraction = np.linspace(0, 1, samples)
     index = fraction[None, :] * np.array(reference.shape)[:, None]
     length = np.linalg.norm(atoms.get_cell().array.sum(axis=0))

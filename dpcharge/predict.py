@@ -147,8 +147,8 @@ class DensityModel:
         atoms
             The structure (positions and cell in Å).
         points
-            Cartesian coordinates in Å, shape (N, 3), taken as they are (not
-            moved away from nuclei).
+            Cartesian coordinates in Å, shape (N, 3), anywhere (periodic
+            directions wrap); unlike grid points, not moved away from nuclei.
 
         Returns
         -------
@@ -172,6 +172,7 @@ class DensityModel:
         numpy.ndarray
             Density in e/Å^3 at each point, shape (N,).
         """
+        points = real.wrap(points)
         local = len(points)
         neighbours = real.tree.query_ball_point(points, self.rcut, return_sorted=False)
         counts = np.fromiter(map(len, neighbours), dtype=np.int64, count=local)
@@ -199,7 +200,7 @@ class RealAtoms:
 
     Positions are wrapped into the cell; along each periodic direction, images
     are shifted by up to ceil(rcut / plane spacing) cells, enough for any point
-    of the cell, also for cells smaller than the cutoff. Non-periodic directions
+    wrapped into the cell (`wrap`), also for cells smaller than the cutoff. Non-periodic directions
     get no images (vacuum).
 
     Parameters
@@ -213,18 +214,22 @@ class RealAtoms:
     def __init__(self, atoms: Atoms, model: DensityModel) -> None:
         self.cell = check_cell(atoms)
         self.types = atom_types(atoms, model.type_map)
-        periodic = np.asarray(atoms.get_pbc(), dtype=bool)
-        fractional = np.linalg.solve(self.cell.T, atoms.get_positions().T).T
-        fractional[:, periodic] %= 1.0
-        self.positions = fractional @ self.cell
+        self.periodic = np.asarray(atoms.get_pbc(), dtype=bool)
+        self.positions = self.wrap(atoms.get_positions())
         plane_spacing = 1 / np.linalg.norm(np.linalg.inv(self.cell), axis=0)
-        reach = np.where(periodic, np.ceil(model.rcut / plane_spacing), 0).astype(int)
+        reach = np.where(self.periodic, np.ceil(model.rcut / plane_spacing), 0).astype(int)
         shifts = np.stack(
             np.meshgrid(*[np.arange(-n, n + 1) for n in reach], indexing="ij"), axis=-1
         ).reshape(-1, 3)
         self.image_positions = (self.positions[None] + (shifts @ self.cell)[:, None]).reshape(-1, 3)
         self.image_types = np.tile(self.types, len(shifts))
         self.tree = cKDTree(self.image_positions)
+
+    def wrap(self, positions: np.ndarray) -> np.ndarray:
+        """Return positions (Å) moved into the cell along its periodic directions."""
+        fractional = np.linalg.solve(self.cell.T, np.asarray(positions, dtype=float).T).T
+        fractional[:, self.periodic] %= 1.0
+        return fractional @ self.cell
 
 
 def read_structure(path: str | os.PathLike) -> tuple[Atoms, np.ndarray | None]:
