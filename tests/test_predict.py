@@ -190,6 +190,20 @@ def test_normalize_takes_the_electrons_of_the_input_chgcar(frozen_model, tmp_pat
     assert electron_count(density, atoms.get_volume()) == pytest.approx(dft_electrons, rel=1e-9)
 
 
+def test_like_takes_the_grid_and_electrons_of_a_reference_file(frozen_model, tmp_path):
+    poscar = tmp_path / "POSCAR"
+    ase.io.write(poscar, read_density(SI8)[0], format="vasp")
+    out = tmp_path / "CHGCAR"
+    result = dpcharge("reassemble", frozen_model, poscar, "-o", out, "--like", SI8, "--normalize")
+    assert result.returncode == 0, result.stderr
+    assert f"grid 36 x 36 x 36 = 46,656 points (spacing 0.151 0.151 0.151 Å) from --like {SI8}" in (
+        result.stdout
+    )
+    atoms, density = read_density(out)
+    assert density.shape == (36, 36, 36)
+    assert electron_count(density, atoms.get_volume()) == pytest.approx(32, abs=1e-3)
+
+
 def test_dpcharge_test_prints_writes_json_and_figures(frozen_model, tmp_path):
     result = dpcharge(
         "test", frozen_model, SI8, SI8, "--json", tmp_path / "m.json", "--plots", tmp_path / "f"
@@ -250,6 +264,7 @@ def non_frozen_model(frozen_model, tmp_path):
         ("normalize without reference", "--normalize needs a reference density"),
         ("zero chunk", "--chunk must be positive, got 0"),
         ("missing output folder", "the folder does not exist"),
+        ("like a file of another cell", "CHGCAR_Si64_gamma_qe.gz: its cell differs"),
     ],
 )
 def test_user_mistakes_give_one_line_errors_and_no_output(frozen_model, tmp_path, case, message):
@@ -276,6 +291,8 @@ def test_user_mistakes_give_one_line_errors_and_no_output(frozen_model, tmp_path
         structure, extra = poscar, ["--normalize"]
     elif case == "zero chunk":
         extra = ["--chunk", "0"]
+    elif case == "like a file of another cell":
+        extra = ["--like", str(SI64)]
     output = tmp_path / ("nowhere/CHGCAR" if case == "missing output folder" else "CHGCAR_out")
     before = sorted(tmp_path.iterdir())
     result = dpcharge("reassemble", model, structure, "-o", output, *extra)
