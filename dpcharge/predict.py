@@ -74,6 +74,8 @@ class DensityModel:
     """
 
     def __init__(self, path: str | os.PathLike, threads: int = 0) -> None:
+        if threads < 0:
+            raise InputError(f"--threads must be 0 (TensorFlow's choice) or more, got {threads}")
         tf = _import_tensorflow(threads)
         self.path = Path(path)
         graph_def = _read_graph_def(self.path, tf)
@@ -82,8 +84,6 @@ class DensityModel:
         self.type_map: list[str] = constants["model_attr/tmap"].decode().split()
         self.rcut = float(constants["descrpt_attr/rcut"])
         self.grid_type = len(self.type_map) - 1
-        if threads < 0:
-            raise InputError(f"--threads must be 0 (TensorFlow's choice) or more, got {threads}")
         graph = tf.Graph()
         with graph.as_default():
             tf.import_graph_def(graph_def, name="")
@@ -200,8 +200,8 @@ class RealAtoms:
 
     Positions are wrapped into the cell; along each periodic direction, images
     are shifted by up to ceil(rcut / plane spacing) cells, enough for any point
-    wrapped into the cell (`wrap`), also for cells smaller than the cutoff. Non-periodic directions
-    get no images (vacuum).
+    wrapped into the cell (`wrap`), also for cells smaller than the cutoff.
+    Non-periodic directions get no images (vacuum).
 
     Parameters
     ----------
