@@ -1,0 +1,93 @@
+"""Input schemas of the ``density`` model, fitting and loss types, for ``dp train``.
+
+DeePMD-kit checks every training input against its argument schemas (dargs):
+registering ours lets ``dp train`` validate a density input and name a wrong
+key, and ``dp doc-train-input`` document the keys. This module imports no
+TensorFlow, so it can be loaded by DeePMD-kit's light ``deepmd.backend`` entry
+point as well as by `dpcharge.fitting`, which implements the types.
+"""
+
+from __future__ import annotations
+
+from dargs import Argument, Variant
+from deepmd.utils.argcheck import (
+    descrpt_variant_type_args,
+    fitting_args_plugin,
+    fitting_ener,
+    loss_args_plugin,
+    model_args_plugin,
+)
+
+DENSITY = "density"
+"""Name of the model, fitting and loss types registered with DeePMD-kit."""
+
+_FITTING_KEYS = (
+    "numb_fparam",
+    "numb_aparam",
+    "neuron",
+    "activation_function",
+    "precision",
+    "resnet_dt",
+    "trainable",
+    "seed",
+)
+"""Energy-fitting options that keep their meaning for a density fitting."""
+
+
+def _fitting_density_args() -> list[Argument]:
+    return [arg for arg in fitting_ener() if arg.name in _FITTING_KEYS]
+
+
+_DOC_FITTING = (
+    "(dpcharge, TensorFlow only) Density at grid points: an energy fitting whose "
+    "per-atom output is the density in e/Å^3 at atoms of the grid-point type (the last "
+    "entry of type_map) and exactly 0 at real atoms. Use with model type `density` and "
+    "loss type `density`. "
+)
+_DOC_LOSS = (
+    "(dpcharge, TensorFlow only) Mean squared error of the density (e/Å^3) over grid "
+    "points only; lcurve.out shows rmse_rho and mae_rho in e/Å^3. It has no options. "
+)
+_DOC_MODEL = (
+    "(dpcharge, TensorFlow only) Charge-density model (Deep Charge): grid points are "
+    "atoms of the last type of type_map, labelled by `atom_ener` = density in e/Å^3. "
+    "Its output is a net scaled by the spread and shifted by the mean of the training "
+    "densities. The descriptor must not "
+    "let grid points see grid points (se_e2_a: sel 0 for the grid type)."
+)
+
+fitting_args_plugin.register(DENSITY, doc=_DOC_FITTING)(_fitting_density_args)
+loss_args_plugin.register(DENSITY, doc=_DOC_LOSS)(list)
+
+
+@model_args_plugin.register(DENSITY)
+def _model_density_args() -> Argument:
+    return Argument(
+        DENSITY,
+        dict,
+        [
+            Argument(
+                "descriptor",
+                dict,
+                [],
+                [descrpt_variant_type_args()],
+                doc="The descriptor of the real atoms around each grid point.",
+            ),
+            Argument(
+                "fitting_net",
+                dict,
+                [],
+                [
+                    Variant(
+                        "type",
+                        [Argument(DENSITY, dict, _fitting_density_args(), doc=_DOC_FITTING)],
+                        optional=True,
+                        default_tag=DENSITY,
+                        doc="The type of the fitting: only `density`.",
+                    )
+                ],
+                doc="The density fitting net.",
+            ),
+        ],
+        doc=_DOC_MODEL,
+    )

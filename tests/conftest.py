@@ -1,0 +1,112 @@
+"""Shared fixtures: one small density model trained and frozen on a real density.
+
+`density_model` converts the Quantum ESPRESSO Si8 density with ``dpcharge convert``,
+trains ``input_templates/si.json`` shrunk to a small network with plain ``dp train``
+and freezes it with ``dp freeze``, all as subprocesses, once per test session.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+DATA = TESTS / "data"
+TEMPLATES = TESTS.parent / "input_templates"
+SI8 = DATA / "CHGCAR_Si8_qe.gz"
+DP = Path(sys.executable).parent / "dp"
+
+SMALL_NETWORK = {
+    "descriptor": {"neuron": [10, 20], "axis_neuron": 4, "rcut": 5.0, "sel": [48, 0]},
+    "fitting_net": {"neuron": [40, 40, 40]},
+}
+"""Changes to si.json for the shared model: a small network (trains in seconds)."""
+
+TRAINING_STEPS = 500
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A density model trained by `density_model`.
+
+    Attributes
+    ----------
+    model
+        The frozen graph (``model.pb``).
+    type_map
+        The model's type map: real elements, then the grid-point type.
+    data
+        Output of ``dpcharge convert``: ``train/<name>`` and ``valid/<name>``.
+    workdir
+        Where ``dp train`` ran: ``input.json``, ``lcurve.out``, checkpoints.
+    """
+
+    model: Path
+    type_map: tuple[str, ...]
+    data: Path
+    workdir: Path
+
+    @property
+    def train(self) -> Path:
+        """The training system."""
+        return self.data / "train" / "CHGCAR_Si8_qe"
+
+    @property
+    def valid(self) -> Path:
+        """The validation system."""
+        return self.data / "valid" / "CHGCAR_Si8_qe"
+
+
+def run(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a command, capturing its output; never raise on failure."""
+    return subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, cwd=cwd, check=False
+    )
+
+
+def template(name: str) -> dict:
+    """Read an input template of input_templates/."""
+    return json.loads((TEMPLATES / name).read_text())
+
+
+def train_and_freeze(folder: Path, config: dict) -> Path:
+    """Run ``dp train`` and ``dp freeze`` in ``folder``; return the frozen model."""
+    (folder / "input.json").write_text(json.dumps(config, indent=1))
+    for step in (["train", "input.json"], ["freeze", "-o", "model.pb"]):
+        result = run(DP, "--tf", *step, cwd=folder)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return folder / "model.pb"
+
+
+@pytest.fixture(scope="session")
+def density_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    """A small density model trained for a few hundred steps on the real Si8 density."""
+    folder = tmp_path_factory.mktemp("density_model")
+    result = run(
+        sys.executable, "-m", "dpcharge", "convert", SI8, "-o", folder / "data",
+        "--points", 8000, "--points-per-frame", 200, "--seed", 0, "--validation", 0.1, "-q",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config = template("si.json")
+    for section, changes in SMALL_NETWORK.items():
+        config["model"][section].update(changes)
+    config["learning_rate"].update(start_lr=5e-3, stop_lr=3e-4, decay_steps=50)
+    config["training"].update(
+        training_data={"systems": "data/train", "batch_size": 2},
+        validation_data={"systems": "data/valid", "batch_size": 1, "numb_btch": 4},
+        numb_steps=TRAINING_STEPS,
+        disp_freq=100,
+        save_freq=TRAINING_STEPS,
+    )
+    model = train_and_freeze(folder, config)
+    return TrainedModel(
+        model=model,
+        type_map=tuple(config["model"]["type_map"]),
+        data=folder / "data",
+        workdir=folder,
+    )
