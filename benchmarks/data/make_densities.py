@@ -1,0 +1,654 @@
+"""Compute reference charge densities with Quantum ESPRESSO for the dpcharge benchmarks.
+
+Each output is a gzip CHGCAR (VASP layout: POSCAR header, blank line, ``NX NY NZ``, then
+rho*V_cell in electrons, Fortran order, 5 values per line) plus a JSON file beside it that
+records every setting: code version (from the pw.x output), pseudopotentials, cutoffs,
+k-points, smearing, convergence threshold, FFT grid, how the structure was made and its
+random seed, wall times and machine load.
+
+Units: lengths in Å (structures, displacements), energies in Ry (QE input), densities in
+e/Å^3 (the CHGCAR holds rho*V_cell, the VASP convention). QE writes the pp.x cube file in
+e/bohr^3; it is converted here.
+
+Requires ``pw.x``, ``pp.x`` and ``mpirun`` (Debian: ``apt-get install quantum-espresso
+quantum-espresso-data``) and ase. Examples::
+
+    python benchmarks/data/make_densities.py --dry-run
+    python benchmarks/data/make_densities.py --systems si64 --snapshots 5
+    python benchmarks/data/make_densities.py --systems si64 --seeds 101 102 --out examples/si64
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.build import bulk, fcc111
+from ase.io import write
+from ase.io.cube import read_cube_data
+from ase.units import Bohr
+
+PSEUDO_DIR = os.environ.get("ESPRESSO_PSEUDO", "/usr/share/espresso/pseudo")
+VALENCE = {"Si": 4, "Al": 3, "Mg": 2, "H": 1, "O": 6}
+
+
+def _fft_friendly(n: int) -> int:
+    """Return the smallest integer >= n whose prime factors are 2, 3 and 5 only.
+
+    Parameters
+    ----------
+    n : int
+        Minimum number of grid points.
+
+    Returns
+    -------
+    int
+        FFT-friendly grid size.
+    """
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
+@dataclass
+class QESettings:
+    """Quantum ESPRESSO settings of one system (the same for all its snapshots).
+
+    Attributes
+    ----------
+    pseudopotentials : dict
+        Element -> UPF file name in the pseudopotential directory.
+    ecutwfc, ecutrho : float
+        Plane-wave cutoffs of wavefunctions and density (Ry). ``ecutrho`` None = 4 * ecutwfc.
+    kpoints : tuple of int or None
+        Monkhorst-Pack grid; None = Gamma point only (``K_POINTS gamma``).
+    smearing : str
+        QE smearing name.
+    degauss : float
+        Smearing width (Ry).
+    conv_thr_per_8_atoms : float
+        SCF threshold (Ry) per 8 atoms; the input gets this times natoms / 8.
+    grid_spacing : float
+        Target FFT grid spacing (Å); the grid is the smallest 2-3-5 count at or below it.
+    functional : str
+        Exchange-correlation functional (from the pseudopotentials; recorded only).
+    mixing_beta : float
+        SCF charge-mixing factor.
+    """
+
+    pseudopotentials: dict[str, str]
+    ecutwfc: float
+    ecutrho: float | None = None
+    kpoints: tuple[int, int, int] | None = None
+    smearing: str = "gaussian"
+    degauss: float = 0.005
+    conv_thr_per_8_atoms: float = 1e-8
+    grid_spacing: float = 0.151
+    functional: str = "PBE"
+    mixing_beta: float = 0.4
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- structures
+
+
+def rattled(atoms: Atoms, sigma: float, seed: int) -> Atoms:
+    """Displace every atom by independent Gaussian noise.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        Starting structure (not modified).
+    sigma : float
+        Standard deviation of each Cartesian displacement component (Å).
+    seed : int
+        Seed of ``numpy.random.default_rng``.
+
+    Returns
+    -------
+    ase.Atoms
+        Displaced copy.
+    """
+    out = atoms.copy()
+    rng = np.random.default_rng(seed)
+    out.positions += rng.normal(0.0, sigma, size=out.positions.shape)
+    out.wrap()
+    return out
+
+
+def si_crystal(repeat: int, seed: int) -> tuple[Atoms, str]:
+    """Diamond Si (a = 5.43 Å, cubic cell repeated), Gaussian displacements sigma 0.05 Å."""
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(repeat)
+    recipe = (
+        f"ase.build.bulk('Si', 'diamond', a=5.43, cubic=True).repeat({repeat}); every Cartesian "
+        f"component displaced by numpy.random.default_rng({seed}).normal(0, 0.05 Å); wrapped"
+    )
+    return rattled(atoms, 0.05, seed), recipe
+
+
+def al_slab(seed: int) -> tuple[Atoms, str]:
+    """Al(111) 2x2x4 slab, a = 4.05 Å, 12 Å vacuum, Gaussian displacements sigma 0.08 Å."""
+    atoms = fcc111("Al", size=(2, 2, 4), a=4.05, vacuum=6.0, orthogonal=False)
+    atoms.pbc = True
+    recipe = (
+        "ase.build.fcc111('Al', (2, 2, 4), a=4.05, vacuum=6.0) (12 Å vacuum in total); every "
+        f"Cartesian component displaced by numpy.random.default_rng({seed}).normal(0, 0.08 Å) "
+        "(about the room-temperature RMS displacement of Al)"
+    )
+    return rattled(atoms, 0.08, seed), recipe
+
+
+def almg_alloy(repeat: int, seed: int, mg_fraction: float = 0.1875) -> tuple[Atoms, str]:
+    """Random Al-Mg fcc solid solution (a = 4.10 Å) with Gaussian displacements sigma 0.08 Å."""
+    atoms = bulk("Al", "fcc", a=4.10, cubic=True).repeat(repeat)
+    rng = np.random.default_rng(seed)
+    n_mg = round(mg_fraction * len(atoms))
+    symbols = np.array(atoms.get_chemical_symbols())
+    symbols[rng.choice(len(atoms), n_mg, replace=False)] = "Mg"
+    atoms.set_chemical_symbols(list(symbols))
+    atoms.positions += rng.normal(0.0, 0.08, size=atoms.positions.shape)
+    atoms.wrap()
+    recipe = (
+        f"ase.build.bulk('Al', 'fcc', a=4.10, cubic=True).repeat({repeat}); {n_mg} random sites "
+        f"set to Mg, then every Cartesian component displaced by normal(0, 0.08 Å), both from "
+        f"numpy.random.default_rng({seed}) in that order"
+    )
+    return atoms, recipe
+
+
+def amorphous_si(seed: int, steps_melt: int = 3000, steps_quench: int = 6000) -> tuple[Atoms, str]:
+    """Amorphous Si64 by melt-and-quench with ase's Tersoff potential (Si, Tersoff 1988).
+
+    Diamond Si64 at the experimental amorphous density (2.28 g/cm^3, cubic box 11.1 Å), Langevin
+    MD (1 fs, friction 0.02 /fs): ``steps_melt`` steps at 4000 K, then a linear quench to 300 K
+    over ``steps_quench`` steps, then a BFGS relaxation (fmax 0.05 eV/Å).
+    """
+    from ase import units
+    from ase.calculators.tersoff import Tersoff
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.optimize import BFGS
+
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
+    mass = atoms.get_masses().sum() * 1.66053907e-24  # g
+    length = (mass / 2.28) ** (1 / 3) * 1e8  # Å
+    atoms.set_cell([length] * 3, scale_atoms=True)
+    atoms.calc = Tersoff(_tersoff_si())
+    rng = np.random.default_rng(seed)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=4000, rng=rng)
+    dyn = Langevin(atoms, 1 * units.fs, temperature_K=4000, friction=0.02, rng=rng)
+    dyn.run(steps_melt)
+    chunk = 100
+    for i in range(steps_quench // chunk):
+        dyn.set_temperature(temperature_K=4000 - (4000 - 300) * (i + 1) / (steps_quench // chunk))
+        dyn.run(chunk)
+    BFGS(atoms, logfile=None).run(fmax=0.05, steps=500)
+    atoms.calc = None
+    atoms.wrap()
+    recipe = (
+        f"Si64 diamond scaled to 2.28 g/cm^3 (cubic {length:.4f} Å); ase Tersoff (Si, 1988 "
+        f"parameters) Langevin MD, 1 fs, friction 0.02/fs: {steps_melt} steps at 4000 K, linear "
+        f"quench to 300 K over {steps_quench} steps, BFGS to fmax 0.05 eV/Å; "
+        f"numpy.random.default_rng({seed}) for velocities and noise"
+    )
+    return atoms, recipe
+
+
+def _tersoff_si() -> dict:
+    """Return Tersoff (Phys. Rev. B 38, 9902, 1988) Si parameters for ase's Tersoff calculator."""
+    from ase.calculators.tersoff import TersoffParameters
+
+    p = TersoffParameters(
+        m=3.0,
+        gamma=1.0,
+        lambda3=0.0,
+        c=100390.0,
+        d=16.217,
+        h=-0.59825,
+        n=0.78734,
+        beta=1.1e-6,
+        lambda2=1.7322,
+        B=471.18,
+        R=2.85,
+        D=0.15,
+        lambda1=2.4799,
+        A=1830.8,
+    )
+    return {("Si", "Si", "Si"): p}
+
+
+def water_box(n_molecules: int, seed: int) -> tuple[Atoms, str]:
+    """Water at 1.0 g/cm^3: rigid molecules, random orientations, thermal noise.
+
+    Molecules (O-H 0.9572 Å, H-O-H 104.52°) are put on a simple cubic lattice filling the box,
+    each randomly rotated and shifted (uniform ±0.3 Å); placements with an intermolecular
+    O-O < 2.5 Å or H-H < 1.5 Å are redrawn. Then every atom gets Gaussian displacements
+    (sigma 0.03 Å for O, 0.08 Å for H).
+    """
+    rng = np.random.default_rng(seed)
+    mass = n_molecules * 18.015 * 1.66053907e-24
+    length = (mass / 1.0) ** (1 / 3) * 1e8
+    side = int(np.ceil(n_molecules ** (1 / 3)))
+    sites = np.array(
+        [(i, j, k) for i in range(side) for j in range(side) for k in range(side)], float
+    )
+    sites = sites[rng.choice(len(sites), n_molecules, replace=False)] * length / side
+    angle = np.deg2rad(104.52) / 2
+    oh_x, oh_z = 0.9572 * np.sin(angle), 0.9572 * np.cos(angle)
+    local = np.array([[0.0, 0.0, 0.0], [oh_x, 0.0, oh_z], [-oh_x, 0.0, oh_z]])
+    cell = np.eye(3) * length
+    placed: list[np.ndarray] = []
+    for site in sites:
+        for _ in range(1000):
+            q = rng.normal(size=4)
+            q /= np.linalg.norm(q)
+            a, b, c, d = q
+            rot = np.array(
+                [
+                    [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                    [2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b)],
+                    [2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d],
+                ]
+            )
+            mol = local @ rot.T + site + rng.uniform(-0.3, 0.3, 3)
+            if all(_far_enough(mol, other, length) for other in placed):
+                placed.append(mol)
+                break
+        else:
+            raise RuntimeError("could not place a water molecule; try another seed")
+    positions = np.concatenate(placed)
+    symbols = ["O", "H", "H"] * n_molecules
+    sigma = np.array([0.03, 0.08, 0.08] * n_molecules)[:, None]
+    positions = positions + rng.normal(size=positions.shape) * sigma
+    atoms = Atoms(symbols, positions=positions, cell=cell, pbc=True)
+    atoms.wrap()
+    recipe = (
+        f"{n_molecules} rigid H2O (0.9572 Å, 104.52°) at 1.0 g/cm^3 (cubic {length:.4f} Å) on a "
+        f"{side}^3 lattice, random rotation and ±0.3 Å shift, redrawn if O-O < 2.5 Å or H-H < 1.5 "
+        "Å, then Gaussian displacements sigma 0.03 Å (O) / 0.08 Å (H); "
+        f"numpy.random.default_rng({seed}). Not an equilibrated liquid: a disordered packing."
+    )
+    return atoms, recipe
+
+
+def _far_enough(a: np.ndarray, b: np.ndarray, length: float) -> bool:
+    """Check the minimum-image O-O (>= 2.5 Å) and H-H (>= 1.5 Å) distances of two molecules."""
+    d = a[:, None, :] - b[None, :, :]
+    d -= length * np.round(d / length)
+    r = np.linalg.norm(d, axis=-1)
+    return bool(r[0, 0] >= 2.5 and r[1:, 1:].min() >= 1.5)
+
+
+# ----------------------------------------------------------------------------- systems
+
+SI = QESettings({"Si": "Si.pbe-rrkj.UPF"}, ecutwfc=24.0, grid_spacing=0.151)
+AL = QESettings(
+    {"Al": "Al.pz-vbc.UPF", "Mg": "Mg.pz-n-vbc.UPF"},
+    ecutwfc=20.0,
+    degauss=0.02,
+    functional="LDA (Perdew-Zunger); Debian ships only LDA pseudopotentials for Al and Mg",
+    grid_spacing=0.13,
+)
+WATER = QESettings(
+    {"H": "H.pbe-kjpaw.UPF", "O": "O.pbe-kjpaw.UPF"},
+    ecutwfc=40.0,
+    ecutrho=320.0,
+    functional="PBE (PAW datasets; pp.x plot_num=0 gives the pseudo-valence density)",
+    grid_spacing=0.0863,
+)
+
+
+@dataclass
+class System:
+    """A benchmark system: structure builder, QE settings, default seeds, cost estimate."""
+
+    name: str
+    build: Callable[[int], tuple[Atoms, str]]
+    settings: QESettings
+    seeds: list[int]
+    estimate: str
+    kpoints: tuple[int, int, int] | None = None
+
+
+SYSTEMS: dict[str, System] = {
+    s.name: s
+    for s in [
+        System(
+            "si64", lambda seed: si_crystal(2, seed), SI, list(range(1, 11)), "~20 s each, 72^3"
+        ),
+        System("si216", lambda seed: si_crystal(3, seed), SI, [1001], "~10-30 min, 108^3"),
+        System(
+            "alslab", al_slab, AL, list(range(1, 11)), "~10-30 s each, k 4x4x1", kpoints=(4, 4, 1)
+        ),
+        System(
+            "almg32",
+            lambda seed: almg_alloy(2, seed),
+            AL,
+            list(range(1, 11)),
+            "~1 min each, k 3x3x3",
+            kpoints=(3, 3, 3),
+        ),
+        System(
+            "almg108",
+            lambda seed: almg_alloy(3, seed),
+            AL,
+            [1001],
+            "~15-40 min, k 2x2x2",
+            kpoints=(2, 2, 2),
+        ),
+        System("asi64", amorphous_si, SI, list(range(1, 11)), "MD ~5 min + ~30 s DFT each"),
+        System(
+            "water32", lambda seed: water_box(32, seed), WATER, list(range(1, 11)), "~5-10 min each"
+        ),
+        System(
+            "water64", lambda seed: water_box(64, seed), WATER, [1001], "~30-60 min, 144^3 grid"
+        ),
+    ]
+}
+
+
+# ----------------------------------------------------------------------------- QE
+
+
+def grid_shape(atoms: Atoms, spacing: float) -> tuple[int, int, int]:
+    """FFT grid with at most ``spacing`` (Å) between points along each cell vector."""
+    lengths = atoms.cell.lengths()
+    return tuple(_fft_friendly(int(np.ceil(x / spacing - 1e-6))) for x in lengths)  # type: ignore[return-value]
+
+
+def pw_input(atoms: Atoms, s: QESettings, kpts: tuple | None, grid: tuple[int, int, int]) -> str:
+    """Write the pw.x SCF input text for ``atoms`` (positions in Å, cell in Å)."""
+    species = sorted(set(atoms.get_chemical_symbols()), key=atoms.get_chemical_symbols().index)
+    nelec = sum(VALENCE[x] for x in atoms.get_chemical_symbols())
+    nbnd = int(nelec / 2 * 1.2) + 4
+    conv = s.conv_thr_per_8_atoms * len(atoms) / 8
+    ecutrho = s.ecutrho if s.ecutrho is not None else 4 * s.ecutwfc
+    lines = [
+        "&control",
+        "  calculation = 'scf'",
+        "  prefix = 'pw'",
+        "  outdir = './tmp'",
+        f"  pseudo_dir = '{PSEUDO_DIR}'",
+        "/",
+        "&system",
+        "  ibrav = 0",
+        f"  nat = {len(atoms)}",
+        f"  ntyp = {len(species)}",
+        f"  ecutwfc = {s.ecutwfc}",
+        f"  ecutrho = {ecutrho}",
+        "  occupations = 'smearing'",
+        f"  smearing = '{s.smearing}'",
+        f"  degauss = {s.degauss}",
+        f"  nbnd = {nbnd}",
+        f"  nr1 = {grid[0]}, nr2 = {grid[1]}, nr3 = {grid[2]}",
+        "/",
+        "&electrons",
+        f"  conv_thr = {conv:.3e}",
+        f"  mixing_beta = {s.mixing_beta}",
+        "  electron_maxstep = 200",
+        "/",
+        "ATOMIC_SPECIES",
+    ]
+    from ase.data import atomic_masses, atomic_numbers
+
+    for x in species:
+        lines.append(f"  {x} {atomic_masses[atomic_numbers[x]]:.4f} {s.pseudopotentials[x]}")
+    lines.append("CELL_PARAMETERS angstrom")
+    lines += ["  " + " ".join(f"{v:.10f}" for v in row) for row in atoms.cell[:]]
+    lines.append("ATOMIC_POSITIONS angstrom")
+    lines += [
+        f"  {x} " + " ".join(f"{v:.10f}" for v in p)
+        for x, p in zip(atoms.get_chemical_symbols(), atoms.positions, strict=True)
+    ]
+    lines.append("K_POINTS gamma" if kpts is None else "K_POINTS automatic")
+    if kpts is not None:
+        lines.append(f"  {kpts[0]} {kpts[1]} {kpts[2]} 0 0 0")
+    return "\n".join(lines) + "\n"
+
+
+PP_INPUT = """&inputpp
+  prefix = 'pw'
+  outdir = './tmp'
+  filplot = 'rho.dat'
+  plot_num = 0
+/
+&plot
+  iflag = 3
+  output_format = 6
+  fileout = 'rho.cube'
+/
+"""
+
+
+def mpirun(nproc: int) -> list[str]:
+    """Return the mpirun prefix (adds ``--allow-run-as-root`` when running as root)."""
+    cmd = ["mpirun", "-np", str(nproc)]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-run-as-root")
+    return cmd
+
+
+def run_qe(
+    atoms: Atoms, s: QESettings, kpts: tuple | None, nproc: int
+) -> tuple[np.ndarray, dict[str, object]]:
+    """Run pw.x and pp.x for ``atoms`` and return the density (e/Å^3, (NX, NY, NZ)) and metadata.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        Structure (Å).
+    s : QESettings
+        QE settings.
+    kpts : tuple or None
+        Monkhorst-Pack grid, None = Gamma.
+    nproc : int
+        MPI ranks.
+
+    Returns
+    -------
+    density : numpy.ndarray
+        Valence pseudo-density in e/Å^3; ``density[i, j, k]`` at fractional (i/NX, j/NY, k/NZ).
+    meta : dict
+        Code version, wall times, load, total energy (Ry), grid, electrons, SCF iterations.
+    """
+    grid = grid_shape(atoms, s.grid_spacing)
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMPI_MCA_btl_vader_single_copy_mechanism="none")
+    env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
+    with tempfile.TemporaryDirectory(prefix="dpcharge_qe_") as work:
+        wd = Path(work)
+        (wd / "pw.in").write_text(pw_input(atoms, s, kpts, grid))
+        (wd / "pp.in").write_text(PP_INPUT)
+        load_before = os.getloadavg()
+        t0 = time.perf_counter()
+        with open(wd / "pw.in") as fin, open(wd / "pw.out", "w") as fout:
+            subprocess.run(
+                [*mpirun(nproc), "pw.x"], stdin=fin, stdout=fout, cwd=wd, env=env, check=True
+            )
+        t_pw = time.perf_counter() - t0
+        out = (wd / "pw.out").read_text()
+        if "convergence has been achieved" not in out:
+            raise RuntimeError("pw.x SCF did not converge:\n" + out[-3000:])
+        t0 = time.perf_counter()
+        with open(wd / "pp.in") as fin, open(wd / "pp.out", "w") as fout:
+            subprocess.run(
+                [*mpirun(nproc), "pp.x"], stdin=fin, stdout=fout, cwd=wd, env=env, check=True
+            )
+        t_pp = time.perf_counter() - t0
+        data, _ = read_cube_data(str(wd / "rho.cube"))
+        dens = np.asarray(data, dtype=np.float64) / Bohr**3  # e/bohr^3 -> e/Å^3
+        if dens.shape != grid:
+            raise RuntimeError(f"pp.x grid {dens.shape} differs from the requested {grid}")
+        version = re.search(r"Program PWSCF (v\.\S+)", out)
+        energy = re.findall(r"!\s+total energy\s+=\s+(-?\d+\.\d+) Ry", out)
+        iters = re.search(r"convergence has been achieved in\s+(\d+) iterations", out)
+        meta: dict[str, object] = {
+            "code": "Quantum ESPRESSO pw.x " + (version.group(1) if version else "unknown"),
+            "pw_input": (wd / "pw.in").read_text().replace(PSEUDO_DIR, "$ESPRESSO_PSEUDO"),
+            "pp_input": PP_INPUT,
+            "total_energy_Ry": float(energy[-1]) if energy else None,
+            "scf_iterations": int(iters.group(1)) if iters else None,
+            "wall_time_pw_s": round(t_pw, 1),
+            "wall_time_pp_s": round(t_pp, 1),
+            "mpi_ranks": nproc,
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        }
+    return dens, meta
+
+
+def write_chgcar_gz(path: Path, atoms: Atoms, density: np.ndarray) -> None:
+    """Write a gzip CHGCAR: POSCAR header, blank line, grid, rho*V_cell (e), x fastest.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        Output path (``.gz``); written to a temporary name and renamed.
+    atoms : ase.Atoms
+        Structure for the header.
+    density : numpy.ndarray
+        Density in e/Å^3, shape (NX, NY, NZ).
+    """
+    import io
+
+    buf = io.StringIO()
+    write(buf, atoms, format="vasp", direct=True)
+    text = buf.getvalue()
+    values = (density * atoms.get_volume()).ravel(order="F")
+    nx, ny, nz = density.shape
+    tmp = path.with_name(path.name + ".part")
+    with gzip.open(tmp, "wt") as f:
+        f.write(text)
+        f.write(f"\n{nx:5d}{ny:5d}{nz:5d}\n")
+        full = len(values) // 5 * 5
+        np.savetxt(f, values[:full].reshape(-1, 5), fmt="%18.10E", delimiter="")
+        if full < len(values):
+            np.savetxt(f, values[full:][None, :], fmt="%18.10E", delimiter="")
+    tmp.replace(path)
+
+
+def read_chgcar_gz(path: Path) -> tuple[Atoms, np.ndarray]:
+    """Read back a CHGCAR written by :func:`write_chgcar_gz` with ase (density in e/Å^3)."""
+    from ase.calculators.vasp import VaspChargeDensity
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / "CHGCAR"
+        with gzip.open(path, "rb") as fin, open(plain, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+        chg = VaspChargeDensity(str(plain))
+        return chg.atoms[0], np.asarray(chg.chg[0])
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def compute(system: System, seed: int, out: Path, nproc: int, force: bool) -> Path | None:
+    """Build one structure, run QE, write ``<name>_seed<seed>.chgcar.gz`` and its JSON."""
+    stem = out / f"CHGCAR_{system.name}_seed{seed}"
+    target = stem.with_suffix(".gz")
+    if target.exists() and stem.with_suffix(".json").exists() and not force:
+        print(f"skip {target} (exists)")
+        return None
+    t0 = time.perf_counter()
+    atoms, recipe = system.build(seed)
+    t_build = time.perf_counter() - t0
+    nelec = sum(VALENCE[x] for x in atoms.get_chemical_symbols())
+    print(
+        f"{system.name} seed {seed}: {atoms.get_chemical_formula()}, {nelec} electrons", flush=True
+    )
+    density, meta = run_qe(atoms, system.settings, system.kpoints, nproc)
+    out.mkdir(parents=True, exist_ok=True)
+    write_chgcar_gz(target, atoms, density)
+    back_atoms, back = read_chgcar_gz(target)
+    electrons = float(back.sum() * back_atoms.get_volume() / back.size)
+    rel = abs(electrons - nelec) / nelec
+    if rel > 1e-5 or np.abs(back - density).max() > 1e-9 * max(1.0, np.abs(density).max()):
+        raise RuntimeError(f"{target}: read-back check failed ({electrons} electrons)")
+    s = system.settings
+    record = {
+        "file": target.name,
+        "system": system.name,
+        "formula": atoms.get_chemical_formula(),
+        "natoms": len(atoms),
+        "seed": seed,
+        "structure_recipe": recipe,
+        "structure_build_time_s": round(t_build, 1),
+        "functional": s.functional,
+        "pseudopotentials": s.pseudopotentials,
+        "pseudo_dir": "Debian quantum-espresso-data, /usr/share/espresso/pseudo",
+        "ecutwfc_Ry": s.ecutwfc,
+        "ecutrho_Ry": s.ecutrho if s.ecutrho is not None else 4 * s.ecutwfc,
+        "kpoints": "gamma" if system.kpoints is None else f"MP {system.kpoints} unshifted",
+        "smearing": s.smearing,
+        "degauss_Ry": s.degauss,
+        "conv_thr_Ry": s.conv_thr_per_8_atoms * len(atoms) / 8,
+        "fft_grid": list(density.shape),
+        "density": "pp.x plot_num=0 valence pseudo-density, cube e/bohr^3 converted to e/Å^3; "
+        "CHGCAR holds rho*V_cell",
+        "valence_electrons": nelec,
+        "grid_electrons": electrons,
+        "grid_electrons_relative_error": rel,
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count()},
+        "script": "benchmarks/data/make_densities.py",
+        **meta,
+    }
+    stem.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    print(
+        f"  wrote {target} ({target.stat().st_size / 1e6:.2f} MB), grid {density.shape}, "
+        f"{electrons:.6f} electrons, pw.x {meta['wall_time_pw_s']} s, "
+        f"load {meta['load_average_before']}",
+        flush=True,
+    )
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS))
+    parser.add_argument("--snapshots", type=int, help="number of seeds per system (default: all)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="explicit seeds (override defaults)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "densities")
+    parser.add_argument("--nproc", type=int, default=2, help="MPI ranks (default 2)")
+    parser.add_argument("--force", action="store_true", help="recompute existing outputs")
+    parser.add_argument("--dry-run", action="store_true", help="print what would be computed")
+    args = parser.parse_args(argv)
+    for name in args.systems:
+        system = SYSTEMS[name]
+        seeds = args.seeds or system.seeds
+        if args.snapshots is not None:
+            seeds = seeds[: args.snapshots]
+        for seed in seeds:
+            stem = args.out / f"CHGCAR_{name}_seed{seed}"
+            done = stem.with_suffix(".gz").exists() and stem.with_suffix(".json").exists()
+            if args.dry_run:
+                state = (
+                    "exists, skip" if done and not args.force else f"compute ({system.estimate})"
+                )
+                print(f"{name:8s} seed {seed:5d} -> {stem.with_suffix('.gz')}: {state}")
+                continue
+            compute(system, seed, args.out, args.nproc, args.force)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
