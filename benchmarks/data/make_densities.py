@@ -176,11 +176,11 @@ def almg_alloy(repeat: int, seed: int, mg_fraction: float = 0.1875) -> tuple[Ato
     return atoms, recipe
 
 
-def amorphous_si(seed: int, steps_melt: int = 3000, steps_quench: int = 6000) -> tuple[Atoms, str]:
+def amorphous_si(seed: int, steps_melt: int = 1500, steps_quench: int = 3000) -> tuple[Atoms, str]:
     """Amorphous Si64 by melt-and-quench with ase's Tersoff potential (Si, Tersoff 1988).
 
     Diamond Si64 at the experimental amorphous density (2.28 g/cm^3, cubic box 11.1 Å), Langevin
-    MD (1 fs, friction 0.02 /fs): ``steps_melt`` steps at 4000 K, then a linear quench to 300 K
+    MD (2 fs, friction 0.02 /fs): ``steps_melt`` steps at 4000 K, then a linear quench to 300 K
     over ``steps_quench`` steps, then a BFGS relaxation (fmax 0.05 eV/Å).
     """
     from ase import units
@@ -196,7 +196,7 @@ def amorphous_si(seed: int, steps_melt: int = 3000, steps_quench: int = 6000) ->
     atoms.calc = Tersoff(_tersoff_si())
     rng = np.random.default_rng(seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=4000, rng=rng)
-    dyn = Langevin(atoms, 1 * units.fs, temperature_K=4000, friction=0.02, rng=rng)
+    dyn = Langevin(atoms, 2 * units.fs, temperature_K=4000, friction=0.02 / units.fs, rng=rng)
     dyn.run(steps_melt)
     chunk = 100
     for i in range(steps_quench // chunk):
@@ -207,7 +207,7 @@ def amorphous_si(seed: int, steps_melt: int = 3000, steps_quench: int = 6000) ->
     atoms.wrap()
     recipe = (
         f"Si64 diamond scaled to 2.28 g/cm^3 (cubic {length:.4f} Å); ase Tersoff (Si, 1988 "
-        f"parameters) Langevin MD, 1 fs, friction 0.02/fs: {steps_melt} steps at 4000 K, linear "
+        f"parameters) Langevin MD, 2 fs, friction 0.02/fs: {steps_melt} steps at 4000 K, linear "
         f"quench to 300 K over {steps_quench} steps, BFGS to fmax 0.05 eV/Å; "
         f"numpy.random.default_rng({seed}) for velocities and noise"
     )
@@ -240,26 +240,21 @@ def _tersoff_si() -> dict:
 def water_box(n_molecules: int, seed: int) -> tuple[Atoms, str]:
     """Water at 1.0 g/cm^3: rigid molecules, random orientations, thermal noise.
 
-    Molecules (O-H 0.9572 Å, H-O-H 104.52°) are put on a simple cubic lattice filling the box,
-    each randomly rotated and shifted (uniform ±0.3 Å); placements with an intermolecular
-    O-O < 2.5 Å or H-H < 1.5 Å are redrawn. Then every atom gets Gaussian displacements
+    Molecules (O-H 0.9572 Å, H-O-H 104.52°) are inserted one by one at uniform random positions
+    with random orientations (random sequential addition); placements with an intermolecular
+    O-O < 2.5 Å, O-H < 1.5 Å or H-H < 1.5 Å are redrawn. Then every atom gets Gaussian displacements
     (sigma 0.03 Å for O, 0.08 Å for H).
     """
     rng = np.random.default_rng(seed)
     mass = n_molecules * 18.015 * 1.66053907e-24
     length = (mass / 1.0) ** (1 / 3) * 1e8
-    side = int(np.ceil(n_molecules ** (1 / 3)))
-    sites = np.array(
-        [(i, j, k) for i in range(side) for j in range(side) for k in range(side)], float
-    )
-    sites = sites[rng.choice(len(sites), n_molecules, replace=False)] * length / side
     angle = np.deg2rad(104.52) / 2
     oh_x, oh_z = 0.9572 * np.sin(angle), 0.9572 * np.cos(angle)
     local = np.array([[0.0, 0.0, 0.0], [oh_x, 0.0, oh_z], [-oh_x, 0.0, oh_z]])
     cell = np.eye(3) * length
     placed: list[np.ndarray] = []
-    for site in sites:
-        for _ in range(1000):
+    for _ in range(n_molecules):
+        for _ in range(10000):
             q = rng.normal(size=4)
             q /= np.linalg.norm(q)
             a, b, c, d = q
@@ -270,7 +265,7 @@ def water_box(n_molecules: int, seed: int) -> tuple[Atoms, str]:
                     [2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d],
                 ]
             )
-            mol = local @ rot.T + site + rng.uniform(-0.3, 0.3, 3)
+            mol = local @ rot.T + rng.uniform(0.0, length, 3)
             if all(_far_enough(mol, other, length) for other in placed):
                 placed.append(mol)
                 break
@@ -283,20 +278,26 @@ def water_box(n_molecules: int, seed: int) -> tuple[Atoms, str]:
     atoms = Atoms(symbols, positions=positions, cell=cell, pbc=True)
     atoms.wrap()
     recipe = (
-        f"{n_molecules} rigid H2O (0.9572 Å, 104.52°) at 1.0 g/cm^3 (cubic {length:.4f} Å) on a "
-        f"{side}^3 lattice, random rotation and ±0.3 Å shift, redrawn if O-O < 2.5 Å or H-H < 1.5 "
-        "Å, then Gaussian displacements sigma 0.03 Å (O) / 0.08 Å (H); "
+        f"{n_molecules} rigid H2O (0.9572 Å, 104.52°) at 1.0 g/cm^3 (cubic {length:.4f} Å) "
+        "by random sequential addition (uniform position, uniform random rotation; redrawn if "
+        "an intermolecular O-O < 2.5 Å or O-H, H-H < 1.5 Å), then Gaussian displacements "
+        "sigma 0.03 Å (O) / 0.08 Å (H); "
         f"numpy.random.default_rng({seed}). Not an equilibrated liquid: a disordered packing."
     )
     return atoms, recipe
 
 
 def _far_enough(a: np.ndarray, b: np.ndarray, length: float) -> bool:
-    """Check the minimum-image O-O (>= 2.5 Å) and H-H (>= 1.5 Å) distances of two molecules."""
+    """Check minimum-image O-O (>= 2.5 Å), O-H and H-H (>= 1.5 Å) distances of two molecules."""
     d = a[:, None, :] - b[None, :, :]
     d -= length * np.round(d / length)
     r = np.linalg.norm(d, axis=-1)
-    return bool(r[0, 0] >= 2.5 and r[1:, 1:].min() >= 1.5)
+    return bool(
+        r[0, 0] >= 2.5
+        and r[0, 1:].min() >= 1.5
+        and r[1:, 0].min() >= 1.5
+        and r[1:, 1:].min() >= 1.5
+    )
 
 
 # ----------------------------------------------------------------------------- systems
@@ -307,7 +308,7 @@ AL = QESettings(
     ecutwfc=20.0,
     degauss=0.02,
     functional="LDA (Perdew-Zunger); Debian ships only LDA pseudopotentials for Al and Mg",
-    grid_spacing=0.13,
+    grid_spacing=0.18,
 )
 WATER = QESettings(
     {"H": "H.pbe-kjpaw.UPF", "O": "O.pbe-kjpaw.UPF"},
@@ -334,7 +335,7 @@ SYSTEMS: dict[str, System] = {
     s.name: s
     for s in [
         System(
-            "si64", lambda seed: si_crystal(2, seed), SI, list(range(1, 11)), "~20 s each, 72^3"
+            "si64", lambda seed: si_crystal(2, seed), SI, list(range(1, 11)), "~20-60 s each, 72^3"
         ),
         System("si216", lambda seed: si_crystal(3, seed), SI, [1001], "~10-30 min, 108^3"),
         System(
