@@ -531,8 +531,14 @@ def write_chgcar_gz(path: Path, atoms: Atoms, density: np.ndarray) -> None:
     """
     import io
 
+    # Only symbols, cell and positions: ase would write MD velocities after the positions,
+    # which CHGCAR readers take for the grid line.
+    header = Atoms(
+        atoms.get_chemical_symbols(), cell=atoms.cell, scaled_positions=atoms.get_scaled_positions()
+    )
+    header.pbc = True
     buf = io.StringIO()
-    write(buf, atoms, format="vasp", direct=True)
+    write(buf, header, format="vasp", direct=True)
     text = buf.getvalue()
     values = (density * atoms.get_volume()).ravel(order="F")
     nx, ny, nz = density.shape
