@@ -28,7 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.run(args)
     except InputError as error:
-        print(f"dpcharge: error: {error}", file=sys.stderr)
+        from dpcharge.parallel import launched_rank
+
+        if launched_rank() == 0:  # under MPI every rank fails alike: one message
+            print(f"dpcharge: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dpcharge: interrupted", file=sys.stderr)
@@ -323,11 +326,12 @@ def _add_prediction_options(parser: argparse.ArgumentParser) -> None:
 def _run_reassemble(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from dpcharge import predict
+    from dpcharge import parallel, predict
     from dpcharge.chgcar import read_density, write_chgcar, write_cube
     from dpcharge.metrics import electron_count
 
     _check_prediction_options(args)
+    comm = parallel.world()
     for path in (args.output, args.npy):
         if path is not None and not Path(path).resolve().parent.is_dir():
             raise InputError(f"{path}: the folder does not exist")
@@ -354,11 +358,19 @@ def _run_reassemble(args: argparse.Namespace) -> None:
         )
     model = predict.DensityModel(args.model, threads=args.threads)
     spacings = np.linalg.norm(cell, axis=1) / shape
-    print(
-        f"grid {shape[0]} x {shape[1]} x {shape[2]} = {np.prod(shape):,} points "
-        f"(spacing {spacings[0]:.3f} {spacings[1]:.3f} {spacings[2]:.3f} Å) from {source}"
-    )
-    density = model.predict_grid(atoms, shape, args.chunk, progress=sys.stderr.isatty())
+    if parallel.is_root(comm):
+        print(
+            f"grid {shape[0]} x {shape[1]} x {shape[2]} = {np.prod(shape):,} points "
+            f"(spacing {spacings[0]:.3f} {spacings[1]:.3f} {spacings[2]:.3f} Å) from {source}"
+            + (f" on {comm.Get_size()} MPI ranks" if comm is not None else "")
+        )
+    progress = sys.stderr.isatty()
+    if comm is None:
+        density = model.predict_grid(atoms, shape, args.chunk, progress=progress)
+    else:
+        density = parallel.predict_grid(model, atoms, shape, args.chunk, comm, progress=progress)
+        if density is None:  # not rank 0: rank 0 prints and writes
+            return
     volume = atoms.get_volume()
     print(f"predicted density integrates to {electron_count(density, volume):.4f} e")
     target = electron_count(reference, volume) if args.normalize else args.nelect

@@ -131,13 +131,35 @@ class DensityModel:
             total=size, desc="predict", unit="point", unit_scale=True, disable=not progress
         ) as bar:
             for start in range(0, size, chunk):
-                index = np.arange(start, min(start + chunk, size))
-                points = keep_away_from_atoms(
-                    grid_points(real.cell, shape, index), real.positions, real.cell
-                )
-                density[index] = self.evaluate(real, points)
-                bar.update(len(index))
+                stop = min(start + chunk, size)
+                density[start:stop] = self.predict_indices(real, shape, start, stop)
+                bar.update(stop - start)
         return density.reshape(shape)
+
+    def predict_indices(
+        self, real: RealAtoms, shape: tuple[int, int, int], start: int, stop: int
+    ) -> np.ndarray:
+        """Predict the density at grid points ``start:stop`` (flat C-order indices), in one run.
+
+        Parameters
+        ----------
+        real
+            The real atoms and their periodic images, from `RealAtoms`.
+        shape
+            Grid counts (NX, NY, NZ).
+        start, stop
+            Range of flat indices into the C-ordered grid.
+
+        Returns
+        -------
+        numpy.ndarray
+            Density in e/Å^3, shape (stop - start,).
+        """
+        index = np.arange(start, stop)
+        points = keep_away_from_atoms(
+            grid_points(real.cell, shape, index), real.positions, real.cell
+        )
+        return self.evaluate(real, points)
 
     def predict_points(self, atoms: Atoms, points: np.ndarray) -> np.ndarray:
         """Predict the density at given points, all in one graph evaluation.

@@ -1,0 +1,122 @@
+"""MPI-parallel reassemble: real ``mpirun`` runs against the serial output, byte for byte."""
+
+import importlib.util
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dpcharge import parallel
+from dpcharge.errors import InputError
+
+DATA = Path(__file__).parent / "data"
+SI8 = DATA / "CHGCAR_Si8_qe.gz"
+AL4 = DATA / "CHGCAR_Al4_lda_qe.gz"
+DPCHARGE = Path(sys.executable).with_name("dpcharge")
+MPIRUN = shutil.which("mpirun")
+HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
+
+needs_mpi = pytest.mark.skipif(
+    MPIRUN is None or not HAVE_MPI4PY,
+    reason="needs Open MPI's mpirun (apt-get install openmpi-bin libopenmpi-dev) and mpi4py "
+    "(pip install -e .[mpi])",
+)
+
+
+def mpirun(ranks, *args):
+    """Run ``mpirun -np ranks dpcharge ...`` (allowed as root, more ranks than cores)."""
+    env = dict(os.environ, OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_btl="self,vader,tcp")
+    command = [MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", str(ranks)]
+    command += [str(DPCHARGE), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+def serial(*args):
+    """Run ``dpcharge ...`` without MPI (launcher variables removed)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMI", "PMIX"))}
+    command = [str(DPCHARGE), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "size, chunk, ranks", [(5760, 300, 2), (5760, 300, 7), (10, 4, 5), (1, 9, 3)]
+)
+def test_rank_blocks_tile_the_grid_on_chunk_boundaries(size, chunk, ranks):
+    blocks = [parallel.rank_block(size, chunk, ranks, rank) for rank in range(ranks)]
+    assert blocks[0][0] == 0 and blocks[-1][1] == size
+    for (_, stop), (start, _) in itertools.pairwise(blocks):
+        assert stop == start
+    assert all(start % chunk == 0 or start == size for start, _ in blocks)
+    chunks = [-(-(stop - start) // chunk) for start, stop in blocks]
+    assert max(chunks) - min(chunks) <= 1
+
+
+def test_launch_without_mpi4py_is_refused(monkeypatch):
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py now raises ImportError
+    with pytest.raises(InputError, match="4 ranks but mpi4py is not installed"):
+        parallel.world()
+
+
+def test_serial_run_needs_no_mpi(monkeypatch):
+    for variable in parallel.LAUNCHER_SIZE_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    assert parallel.world() is None and parallel.is_root(None)
+
+
+@needs_mpi
+@pytest.mark.parametrize("output_format", ["chgcar", "cube"])
+def test_mpirun_two_ranks_writes_the_serial_file_byte_for_byte(
+    density_model, tmp_path, output_format
+):
+    grid = ("--grid", 20, 18, 15)  # 5,400 points: 18 chunks of 300, rank blocks of 9
+    options = (*grid, "--chunk", 300, "--threads", 1, "--format", output_format)
+    one = serial("reassemble", density_model.model, SI8, "-o", tmp_path / "serial", *options)
+    assert one.returncode == 0, one.stderr
+    two = mpirun(2, "reassemble", density_model.model, SI8, "-o", tmp_path / "mpi", *options)
+    assert two.returncode == 0, two.stdout + two.stderr
+    serial_bytes = (tmp_path / "serial").read_bytes()
+    mpi_bytes = (tmp_path / "mpi").read_bytes()
+    assert len(serial_bytes) > 5400 * 10
+    if output_format == "cube":  # ase's cube writer puts the wall-clock time on line 1
+        assert serial_bytes.startswith(b"Cube file from ASE, written on ")
+        serial_bytes, mpi_bytes = (b.split(b"\n", 1)[1] for b in (serial_bytes, mpi_bytes))
+    assert mpi_bytes == serial_bytes
+    assert "on 2 MPI ranks" in two.stdout
+    assert two.stdout.count("wrote ") == 1  # only rank 0 prints and writes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mpi", "serial"]
+
+
+@needs_mpi
+def test_mpirun_uneven_chunks_and_npy_match_serial(density_model, tmp_path):
+    # 3 ranks, 5,400 points in chunks of 700: 8 chunks, the last one short
+    options = ("--grid", 20, 18, 15, "--chunk", 700, "--threads", 1)
+    one = serial("reassemble", density_model.model, SI8, "-o", tmp_path / "a", "--npy",
+                 tmp_path / "a.npy", *options)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    three = mpirun(3, "reassemble", density_model.model, SI8, "-o", tmp_path / "b", "--npy",
+                   tmp_path / "b.npy", *options)  # fmt: skip
+    assert three.returncode == 0, three.stdout + three.stderr
+    a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
+    assert a.shape == (20, 18, 15) and np.array_equal(a, b)
+    assert np.ptp(a) > 0.01  # a real density, not a constant
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+
+
+@needs_mpi
+@pytest.mark.parametrize(
+    "structure, message",
+    [("missing.vasp", "missing.vasp: no such file"), (AL4, "holds Al, which the model does not")],
+)
+def test_mpirun_error_ends_all_ranks_with_one_message(density_model, tmp_path, structure, message):
+    result = mpirun(2, "reassemble", density_model.model, structure, "-o", tmp_path / "out")
+    assert result.returncode != 0
+    assert result.stderr.count("dpcharge: error:") == 1, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
