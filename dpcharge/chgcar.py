@@ -105,6 +105,10 @@ def read_structure(path: str | os.PathLike, type_map: Sequence[str] | None = Non
     return _read_header(path, lines, type_map)[0]
 
 
+_SLAB_VALUES = 1 << 20
+"""Values formatted at a time by `write_chgcar` (8 MB of float64): bounds its extra memory."""
+
+
 def write_chgcar(path: str | os.PathLike, atoms: Atoms, density: np.ndarray) -> None:
     """Write a density as a VASP CHGCAR (rho·V_cell, Fortran order, 11 digits).
 
@@ -119,19 +123,25 @@ def write_chgcar(path: str | os.PathLike, atoms: Atoms, density: np.ndarray) -> 
         Array of shape (NX, NY, NZ) in e/Å^3, as returned by `read_density`.
     """
     density = _checked_density(density)
-    values = density.ravel(order="F") * atoms.get_volume()
-    rows = len(values) // _VALUES_PER_LINE
-    full = values[: rows * _VALUES_PER_LINE].reshape(rows, _VALUES_PER_LINE)
-    tail = values[rows * _VALUES_PER_LINE :]
+    volume = atoms.get_volume()
+    nx, ny, nz = density.shape
+    planes = max(1, _SLAB_VALUES // (nx * ny))
 
     def write(stream: io.TextIOBase) -> None:
         write_vasp(stream, atoms, direct=True, vasp5=True)
         stream.write("\n{:5d}{:5d}{:5d}\n".format(*density.shape))
-        np.savetxt(stream, full, fmt="%18.10E", delimiter="")
-        if len(tail):
-            np.savetxt(stream, tail[None, :], fmt="%18.10E", delimiter="")
+        carry = np.empty(0)  # the values of an unfinished line, fewer than _VALUES_PER_LINE
+        for k in range(0, nz, planes):  # slabs of k-planes: Fortran order is k slowest
+            slab = density[:, :, k : k + planes].ravel(order="F") * volume
+            values = np.concatenate([carry, slab]) if len(carry) else slab
+            rows = len(values) // _VALUES_PER_LINE
+            full = values[: rows * _VALUES_PER_LINE].reshape(rows, _VALUES_PER_LINE)
+            np.savetxt(stream, full, fmt="%18.10E", delimiter="")
+            carry = values[rows * _VALUES_PER_LINE :]
+        if len(carry):
+            np.savetxt(stream, carry[None, :], fmt="%18.10E", delimiter="")
 
-    _write_atomically(path, write)
+    write_atomically(path, write)
 
 
 def write_cube(path: str | os.PathLike, atoms: Atoms, density: np.ndarray) -> None:
@@ -147,7 +157,7 @@ def write_cube(path: str | os.PathLike, atoms: Atoms, density: np.ndarray) -> No
         Array of shape (NX, NY, NZ) in e/Å^3.
     """
     density = _checked_density(density)
-    _write_atomically(path, lambda stream: ase_write_cube(stream, atoms, density * Bohr**3))
+    write_atomically(path, lambda stream: ase_write_cube(stream, atoms, density * Bohr**3))
 
 
 def _read_lines(path: str | os.PathLike, header_only: bool = False) -> list[str]:
@@ -327,7 +337,7 @@ def _checked_density(density: np.ndarray) -> np.ndarray:
     return density
 
 
-def _write_atomically(path: str | os.PathLike, write: Callable[[io.TextIOBase], None]) -> None:
+def write_atomically(path: str | os.PathLike, write: Callable[[io.TextIOBase], None]) -> None:
     """Write a text file through a temporary file in the same folder, then rename."""
     path = Path(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.")

@@ -430,7 +430,7 @@ def _run_test(args: argparse.Namespace) -> None:
     import json
 
     from dpcharge import predict
-    from dpcharge.chgcar import _write_atomically, read_density
+    from dpcharge.chgcar import read_density, write_atomically
     from dpcharge.metrics import TABLE_HEADER, density_errors
     from dpcharge.plots import write_figures
 
@@ -466,5 +466,5 @@ def _run_test(args: argparse.Namespace) -> None:
             "files": report,
             "overall": overall.as_dict(),
         }
-        _write_atomically(args.json, lambda s: json.dump(document, s, indent=2, ensure_ascii=False))
+        write_atomically(args.json, lambda s: json.dump(document, s, indent=2, ensure_ascii=False))
         print(f"wrote {args.json}")

@@ -19,7 +19,7 @@ from ase import Atoms
 from matplotlib.figure import Figure
 from scipy.ndimage import map_coordinates
 
-from dpcharge.chgcar import _write_atomically
+from dpcharge.chgcar import write_atomically
 from dpcharge.metrics import density_errors
 
 DEFAULT_THRESHOLDS = (0.001, 0.005, 0.01, 0.05)
@@ -70,7 +70,7 @@ def write_figures(
     paths = []
     for kind, figure in figures.items():
         path = folder / f"{name}_{kind}.png"
-        _write_atomically(path, lambda stream, f=figure: f.savefig(stream.buffer, format="png"))
+        write_atomically(path, lambda stream, f=figure: f.savefig(stream.buffer, format="png"))
         paths.append(path)
     return paths
 

@@ -31,7 +31,7 @@ from ase import Atoms
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
-from dpcharge.chgcar import _write_atomically, read_density
+from dpcharge.chgcar import read_density, write_atomically
 from dpcharge.errors import InputError
 from dpcharge.metrics import electron_count
 from dpcharge.sampling import grid_points, keep_away_from_atoms
@@ -390,7 +390,7 @@ def rescale_to_electrons(density: np.ndarray, volume: float, electrons: float) -
 
 def write_npy(path: str | os.PathLike, density: np.ndarray) -> None:
     """Save a density array (e/Å^3) as ``.npy`` through a temporary file and a rename."""
-    _write_atomically(path, lambda stream: np.save(stream.buffer, density))
+    write_atomically(path, lambda stream: np.save(stream.buffer, density))
 
 
 def _import_tensorflow(threads: int) -> object:
