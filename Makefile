@@ -26,6 +26,11 @@ $(VENV)/.installed: $(VENV)/bin/python setup.cfg pyproject.toml
 	$(PYTHON) -m pip install --quiet -e .
 	touch $@
 
+# The MPI tests need Open MPI (Debian's openmpi-bin, installed here when root) and mpi4py;
+# without mpirun they are skipped with the reason.
 $(VENV)/.installed-test: $(VENV)/bin/python setup.cfg pyproject.toml
-	$(PYTHON) -m pip install --quiet -e ".[test]"
+	@if ! command -v mpirun >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq openmpi-bin libopenmpi-dev; \
+	  else echo "mpirun missing and not root: the MPI tests will be skipped"; fi; fi
+	$(PYTHON) -m pip install --quiet -e ".[test,mpi]"
 	touch $(VENV)/.installed $@
