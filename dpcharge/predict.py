@@ -34,7 +34,7 @@ from tqdm import tqdm
 from dpcharge.chgcar import read_density, write_atomically
 from dpcharge.errors import InputError
 from dpcharge.metrics import electron_count
-from dpcharge.sampling import grid_points, keep_away_from_atoms
+from dpcharge.sampling import grid_points, push_out_of_nuclei
 
 DEFAULT_CHUNK = 2000
 """Grid points per graph evaluation: bounds the memory; 1,000-4,000 run fastest on 2 cores."""
@@ -156,9 +156,7 @@ class DensityModel:
             Density in e/Å^3, shape (stop - start,).
         """
         index = np.arange(start, stop)
-        points = keep_away_from_atoms(
-            grid_points(real.cell, shape, index), real.positions, real.cell
-        )
+        points = push_out_of_nuclei(grid_points(real.cell, shape, index), real.tree)
         return self.evaluate(real, points)
 
     def predict_points(self, atoms: Atoms, points: np.ndarray) -> np.ndarray:

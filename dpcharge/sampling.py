@@ -104,12 +104,36 @@ def keep_away_from_atoms(points: np.ndarray, positions: np.ndarray, cell: np.nda
     cell = np.asarray(cell, dtype=float)
     shifts = np.stack(np.meshgrid(*[(-1, 0, 1)] * 3, indexing="ij"), -1).reshape(-1, 3) @ cell
     images = (np.asarray(positions)[None, :, :] + shifts[:, None, :]).reshape(-1, 3)
+    return push_out_of_nuclei(points, cKDTree(images))
+
+
+def push_out_of_nuclei(points: np.ndarray, nuclei: cKDTree) -> np.ndarray:
+    """Move points closer than `MIN_DISTANCE` to a nucleus out to that distance.
+
+    The work of `keep_away_from_atoms`, for callers that already hold a tree of
+    the nuclei and every periodic image that can come near the points (the
+    prediction engine builds one per structure, not one per chunk).
+
+    Parameters
+    ----------
+    points
+        Coordinates in Å, shape (..., 3).
+    nuclei
+        Tree of nuclear positions in Å, periodic images included.
+
+    Returns
+    -------
+    numpy.ndarray
+        The coordinates, points near a nucleus pushed radially away from it to
+        `MIN_DISTANCE`; a point exactly on a nucleus moves along (1, 1, 1).
+    """
     flat = np.array(points, dtype=float).reshape(-1, 3)
-    distance, nearest = cKDTree(images).query(flat, distance_upper_bound=MIN_DISTANCE)
+    distance, nearest = nuclei.query(flat, distance_upper_bound=MIN_DISTANCE)
     close = np.isfinite(distance)
     if close.any():
-        offset = flat[close] - images[nearest[close]]
+        centres = nuclei.data[nearest[close]]
+        offset = flat[close] - centres
         norm = np.linalg.norm(offset, axis=1, keepdims=True)
         direction = np.where(norm > 0, offset / np.where(norm > 0, norm, 1), 1 / np.sqrt(3))
-        flat[close] = images[nearest[close]] + MIN_DISTANCE * direction
+        flat[close] = centres + MIN_DISTANCE * direction
     return flat.reshape(np.shape(points))
