@@ -335,7 +335,7 @@ def _run_reassemble(args: argparse.Namespace) -> None:
     for path in (args.output, args.npy):
         if path is not None and not Path(path).resolve().parent.is_dir():
             raise InputError(f"{path}: the folder does not exist")
-    atoms, reference = predict.read_structure(args.structure)
+    atoms, reference = predict.read_structure_or_density(args.structure)
     cell = predict.check_cell(atoms)
     if args.grid is not None:
         shape, source = predict.check_grid_shape(args.grid), "--grid"

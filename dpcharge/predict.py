@@ -252,7 +252,7 @@ class RealAtoms:
         return fractional @ self.cell
 
 
-def read_structure(path: str | os.PathLike) -> tuple[Atoms, np.ndarray | None]:
+def read_structure_or_density(path: str | os.PathLike) -> tuple[Atoms, np.ndarray | None]:
     """Read a structure from any file ase reads; a VASP volumetric file also gives its density.
 
     Parameters

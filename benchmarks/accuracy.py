@@ -1,0 +1,321 @@
+"""Accuracy of Deep Charge on the Quantum ESPRESSO benchmark densities (the paper's experiments).
+
+Every run is the user's workflow, each step a subprocess: ``dpcharge convert`` of the training
+densities, ``dp --tf train`` on a template of ``input_templates/`` (steps and, where the system
+needs it, ``sel`` overridden), ``dp --tf freeze``, then ``dpcharge test --json --plots`` on the
+whole grid of an unseen structure and, for size transfer, of a larger cell. Experiments:
+
+``si``
+    One-shot crystalline Si: test MAE against the number of training grid points (1e3, 1e4,
+    1e5), from one Si64 structure and from five (the paper's FIG. 2a).
+``structures``
+    Al(111) slab, Al26Mg6 alloy, amorphous Si64, 32 H2O: test MAE against the number of
+    training structures, 1e5 points from each (FIG. 3a, 5a/d/g).
+``transfer``
+    Not a training: the one-structure Si, Al-Mg and water models above also predict Si216,
+    Al81Mg27 and 64 H2O (FIG. 5c/f/i), once those densities exist.
+
+The densities come from ``benchmarks/data/make_densities.py``; a run whose files are missing is
+skipped with the command that makes them. Each run works in ``benchmarks/runs/<run>/`` (not
+committed) and writes ``benchmarks/results/<run>.json``: metrics in e/Å^3 (NMAE in %, electrons
+in e), training wall and CPU seconds, steps, threads. Finished steps are not repeated, so an
+interrupted benchmark resumes. ``--report`` turns the results into ``docs/benchmarks/results.md``
+and the figures beside it.
+
+Usage::
+
+    python benchmarks/accuracy.py                     # everything, 100,000 steps per training
+    python benchmarks/accuracy.py --steps 10000 --jobs 2 --experiments si
+    python benchmarks/accuracy.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DENSITIES = ROOT / "benchmarks" / "data" / "densities"
+RUNS = ROOT / "benchmarks" / "runs"
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = ROOT / "docs" / "benchmarks"
+
+
+@dataclass(frozen=True)
+class System:
+    """A benchmark system: its densities, training template and the paper's test MAE.
+
+    Attributes
+    ----------
+    name
+        Name in ``make_densities.py`` (files ``CHGCAR_<name>_seed<seed>.gz``).
+    label
+        Human-readable description for tables.
+    template
+        File in ``input_templates/``.
+    type_map
+        Real elements in model order (the grid type ``X`` is appended).
+    sel
+        Neighbours per real element for se_e2_a (the grid type gets 0); None keeps the
+        template's.
+    test_seed
+        Seed of the unseen test structure.
+    paper_mae
+        The paper's test MAE for this kind of system, e/Å^3.
+    large
+        ``make_densities.py`` name of the larger cell for size transfer, if any.
+    """
+
+    name: str
+    label: str
+    template: str
+    type_map: tuple[str, ...]
+    sel: tuple[int, ...] | None
+    test_seed: int
+    paper_mae: float
+    large: str | None = None
+
+
+SI64 = System("si64", "crystalline Si, 64 atoms", "si.json", ("Si",), None, 6, 6.7e-4, "si216")
+SYSTEMS = {
+    system.name: system
+    for system in (
+        SI64,
+        System("alslab", "Al(111) slab, 16 atoms", "al_slab.json", ("Al",), None, 4, 6e-4),
+        System(
+            "almg32", "Al26Mg6 alloy", "almg_slab.json", ("Al", "Mg"), (80, 32), 3, 8e-4, "almg108"
+        ),
+        System("asi64", "amorphous Si, 64 atoms", "si.json", ("Si",), (80,), 3, 4e-3),
+        System(
+            "water32", "water, 32 H2O", "water.json", ("O", "H"), (56, 112), 3, 2.3e-3, "water64"
+        ),
+    )
+}
+LARGE_SEED = 1001
+"""Seed of the larger cells in ``make_densities.py``."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training and its tests.
+
+    Attributes
+    ----------
+    name
+        Folder and result name.
+    experiment
+        ``si`` or ``structures``.
+    system
+        The system trained on and tested.
+    train_seeds
+        Seeds of the training structures.
+    points
+        Training grid points in total, split evenly over the structures.
+    """
+
+    name: str
+    experiment: str
+    system: System
+    train_seeds: tuple[int, ...]
+    points: int
+
+    @property
+    def train_files(self) -> list[Path]:
+        return [density_file(self.system.name, seed) for seed in self.train_seeds]
+
+    @property
+    def tests(self) -> dict[str, Path]:
+        """Test files by role: ``unseen`` (same cell size) and ``large`` (size transfer)."""
+        tests = {"unseen": density_file(self.system.name, self.system.test_seed)}
+        if self.system.large is not None and len(self.train_seeds) == 1 and self.points >= 10**5:
+            tests["large"] = density_file(self.system.large, LARGE_SEED)
+        return tests
+
+
+def density_file(name: str, seed: int) -> Path:
+    """Return the path of a benchmark density made by ``make_densities.py``."""
+    return DENSITIES / f"CHGCAR_{name}_seed{seed}.gz"
+
+
+def all_runs() -> list[Run]:
+    """Return every run of the experiments, the ``si`` learning curve first."""
+    runs = [
+        Run(f"si64_{len(seeds)}x_{points}", "si", SI64, seeds, points)
+        for seeds in ((1,), (1, 2, 3, 4, 5))
+        for points in (1000, 10_000, 100_000)
+    ]
+    for name, counts in (
+        ("alslab", (1, 3)),
+        ("almg32", (1, 2)),
+        ("asi64", (1, 2)),
+        ("water32", (1, 2)),
+    ):
+        for count in counts:
+            seeds = tuple(range(1, count + 1))
+            runs.append(
+                Run(f"{name}_{count}x", "structures", SYSTEMS[name], seeds, 100_000 * count)
+            )
+    return runs
+
+
+def training_input(run: Run, steps: int) -> dict:
+    """Return the ``dp train`` input: the system's template with the benchmark's budget."""
+    config = json.loads((ROOT / "input_templates" / run.system.template).read_text())
+    config.pop("_comment", None)
+    model = config["model"]
+    model["type_map"] = [*run.system.type_map, "X"]
+    if run.system.sel is not None:
+        model["descriptor"]["sel"] = [*run.system.sel, 0]
+    config["learning_rate"]["decay_steps"] = max(steps // 20, 1)
+    training = config["training"]
+    training.pop("validation_data", None)
+    training["training_data"]["systems"] = "data"
+    training.update(numb_steps=steps, disp_freq=max(steps // 50, 1), save_freq=steps)
+    return config
+
+
+def execute(command: list[str], cwd: Path, threads: int, log: Path) -> tuple[float, float]:
+    """Run a command, appending its output to ``log``; return wall and CPU seconds."""
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        DP_INTRA_OP_PARALLELISM_THREADS=str(threads),
+        DP_INTER_OP_PARALLELISM_THREADS="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    start = time.perf_counter()
+    with log.open("a") as stream:
+        stream.write(f"$ {' '.join(command)}\n")
+        stream.flush()
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=stream, stderr=stream)
+        _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed; see {log}")
+    return time.perf_counter() - start, usage.ru_utime + usage.ru_stime
+
+
+def tool(name: str) -> str:
+    """Return the path of a console script of this Python environment."""
+    return shutil.which(name) or str(Path(sys.executable).with_name(name))
+
+
+def perform(run: Run, steps: int, threads: int) -> str:
+    """Convert, train, freeze and test one run (skipping finished steps); return a status line."""
+    missing = [path for path in [*run.train_files, run.tests["unseen"]] if not path.exists()]
+    if missing:
+        return (
+            f"{run.name}: skipped, missing {', '.join(p.name for p in missing)} (make_densities.py)"
+        )
+    folder = RUNS / run.name
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "log.txt"
+    result_path = RESULTS / f"{run.name}.json"
+    result = json.loads(result_path.read_text()) if result_path.exists() else {}
+    if result.get("steps") != steps:
+        result = {}
+        shutil.rmtree(folder / "data", ignore_errors=True)
+        (folder / "model.pb").unlink(missing_ok=True)
+    if not (folder / "model.pb").exists():
+        per_file = run.points // len(run.train_seeds)
+        convert = [tool("dpcharge"), "convert", *map(str, run.train_files), "-o", "data"]
+        convert += ["--type-map", *run.system.type_map, "--points", str(per_file), "--force", "-q"]
+        execute(convert, folder, threads, log)
+        (folder / "input.json").write_text(json.dumps(training_input(run, steps), indent=2))
+        wall, cpu = execute(
+            [tool("dp"), "--tf", "train", "input.json", "--skip-neighbor-stat"],
+            folder,
+            threads,
+            log,
+        )
+        execute([tool("dp"), "--tf", "freeze", "-o", "model.pb"], folder, threads, log)
+        lcurve = (folder / "lcurve.out").read_text().split("\n")
+        last = [line for line in lcurve if line.strip() and not line.startswith("#")][-1].split()
+        result = {
+            "run": run.name,
+            "experiment": run.experiment,
+            "system": run.system.name,
+            "label": run.system.label,
+            "paper_mae": run.system.paper_mae,
+            "train_files": [path.name for path in run.train_files],
+            "points": run.points,
+            "steps": steps,
+            "threads": threads,
+            "train_wall_s": round(wall, 1),
+            "train_cpu_s": round(cpu, 1),
+            "final_train_rmse": float(last[1]),
+            "tests": {},
+        }
+        save(result, result_path)
+    for role, path in run.tests.items():
+        if role in result["tests"] or not path.exists():
+            continue
+        report = folder / f"test_{role}.json"
+        test = [tool("dpcharge"), "test", "model.pb", str(path), "--json", report.name]
+        test += ["--plots", "plots", "--threads", str(threads)]
+        wall, _ = execute(test, folder, threads, log)
+        metrics = next(iter(json.loads(report.read_text())["files"].values()))
+        metrics.update(path=path.name, wall_s=round(wall, 1))
+        result["tests"][role] = metrics
+        save(result, result_path)
+    tests = ", ".join(f"{role} MAE {m['mae']:.2e}" for role, m in result["tests"].items())
+    return f"{run.name}: {result['steps']} steps, {result['train_wall_s']:.0f} s; {tests}"
+
+
+def save(result: dict, path: Path) -> None:
+    """Write a result file (whole, so an interruption leaves the previous one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(result, indent=2) + "\n")
+    temporary.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--experiments",
+        nargs="+",
+        choices=("si", "structures"),
+        default=["si", "structures"],
+        help="which trainings to run (size transfer is tested within them)",
+    )
+    parser.add_argument("--runs", nargs="+", help="only these runs (names as in results/)")
+    parser.add_argument("--steps", type=int, default=100_000, help="training steps per run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument(
+        "--threads", type=int, help="threads per run (default: CPU cores / jobs, at least 1)"
+    )
+    parser.add_argument("--report", action="store_true", help="only write the report from results")
+    args = parser.parse_args(argv)
+    if args.report:
+        from report_accuracy import write_report
+
+        write_report(RESULTS, DOCS)
+        return 0
+    runs = [run for run in all_runs() if run.experiment in args.experiments]
+    if args.runs:
+        runs = [run for run in runs if run.name in args.runs]
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+
+    def attempt(run: Run) -> str:
+        try:
+            return perform(run, args.steps, threads)
+        except RuntimeError as error:
+            return f"{run.name}: FAILED, {error}"
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        lines = list(pool.map(attempt, runs))
+    print("\n".join(lines))
+    return int(any("FAILED" in line for line in lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
