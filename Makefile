@@ -1,16 +1,27 @@
-# dpcharge: `make demo` runs the example end to end, `make test` runs the test suite.
+# dpcharge: `make demo` runs the example end to end, `make test` runs the test suite,
+# `make benchmarks` computes the DFT densities and runs the accuracy benchmarks (hours).
 # Both create the virtual environment .venv (with `python3 -m venv`) if it is missing.
 
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: demo test lint install
+.PHONY: demo test lint install benchmarks
 
 demo: $(VENV)/.installed
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/demo.sh
 
 test: $(VENV)/.installed-test lint
 	$(PYTHON) -m pytest
+
+# Training steps per benchmark run: 100000 by default (about 12 h on 2 cores, see
+# docs/benchmarks.md); `make benchmarks STEPS=10000` is the budget of the committed results.
+STEPS ?= 100000
+JOBS ?= 2
+
+benchmarks: $(VENV)/.installed
+	$(PYTHON) benchmarks/data/make_densities.py
+	$(PYTHON) benchmarks/accuracy.py --steps $(STEPS) --jobs $(JOBS)
+	$(PYTHON) benchmarks/accuracy.py --report
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

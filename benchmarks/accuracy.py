@@ -11,6 +11,9 @@ whole grid of an unseen structure and, for size transfer, of a larger cell. Expe
 ``structures``
     Al(111) slab, Al26Mg6 alloy, amorphous Si64, 32 H2O: test MAE against the number of
     training structures, 1e5 points from each (FIG. 3a, 5a/d/g).
+``tuning``
+    The one-structure Si training with other settings (a higher starting learning rate), to see
+    what the fixed budget is limited by.
 ``transfer``
     Not a training: the one-structure Si, Al-Mg and water models above also predict Si216,
     Al81Mg27 and 64 H2O (FIG. 5c/f/i), once those densities exist.
@@ -119,6 +122,8 @@ class Run:
         Seeds of the training structures.
     points
         Training grid points in total, split evenly over the structures.
+    settings
+        Changes to the template, as (dotted key, value), e.g. ``("learning_rate.start_lr", 3e-3)``.
     """
 
     name: str
@@ -126,6 +131,7 @@ class Run:
     system: System
     train_seeds: tuple[int, ...]
     points: int
+    settings: tuple[tuple[str, object], ...] = ()
 
     @property
     def train_files(self) -> list[Path]:
@@ -135,7 +141,8 @@ class Run:
     def tests(self) -> dict[str, Path]:
         """Test files by role: ``unseen`` (same cell size) and ``large`` (size transfer)."""
         tests = {"unseen": density_file(self.system.name, self.system.test_seed)}
-        if self.system.large is not None and len(self.train_seeds) == 1 and self.points >= 10**5:
+        one_shot = len(self.train_seeds) == 1 and self.points >= 10**5 and not self.settings
+        if self.system.large is not None and one_shot:
             tests["large"] = density_file(self.system.large, LARGE_SEED)
         return tests
 
@@ -163,6 +170,9 @@ def all_runs() -> list[Run]:
             runs.append(
                 Run(f"{name}_{count}x", "structures", SYSTEMS[name], seeds, 100_000 * count)
             )
+    for start_lr in (3e-3,):
+        settings = (("learning_rate.start_lr", start_lr),)
+        runs.append(Run(f"si64_1x_100000_lr{start_lr:.0e}", "tuning", SI64, (1,), 10**5, settings))
     return runs
 
 
@@ -179,6 +189,12 @@ def training_input(run: Run, steps: int) -> dict:
     training.pop("validation_data", None)
     training["training_data"]["systems"] = "data"
     training.update(numb_steps=steps, disp_freq=max(steps // 50, 1), save_freq=steps)
+    for key, value in run.settings:
+        *parents, leaf = key.split(".")
+        section = config
+        for parent in parents:
+            section = section[parent]
+        section[leaf] = value
     return config
 
 
@@ -242,6 +258,7 @@ def perform(run: Run, steps: int, threads: int) -> str:
         result = {
             "run": run.name,
             "experiment": run.experiment,
+            "settings": dict(run.settings),
             "system": run.system.name,
             "label": run.system.label,
             "paper_mae": run.system.paper_mae,
@@ -283,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--experiments",
         nargs="+",
-        choices=("si", "structures"),
-        default=["si", "structures"],
+        choices=("si", "structures", "tuning"),
+        default=["si", "structures", "tuning"],
         help="which trainings to run (size transfer is tested within them)",
     )
     parser.add_argument("--runs", nargs="+", help="only these runs (names as in results/)")
