@@ -1,9 +1,9 @@
 """Tables and figures of the accuracy benchmarks (``python benchmarks/accuracy.py --report``).
 
 Reads ``benchmarks/results/*.json`` (written by ``accuracy.py``) and writes
-``docs/benchmarks/results.md`` with one table per experiment, the learning-curve figures, and
-copies of the ``dpcharge test --plots`` figures of the best training of each system and of every
-size-transfer test.
+``docs/benchmarks/results.md`` with one table per experiment, the learning-curve and
+training-curve figures, and copies of the ``dpcharge test --plots`` figures of the best training
+of each system and of every size-transfer test.
 Densities and errors are in e/Å^3, NMAE in %, electron counts in e.
 """
 
@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -105,6 +106,24 @@ def structures_curve(results: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+def training_curves(results: list[dict], path: Path) -> None:
+    """Plot the training MAE (``lcurve.out``, one 200-point batch) against the step, per run."""
+    figure = Figure(figsize=(5, 3.6), layout="constrained")
+    axes = figure.subplots()
+    for result in results:
+        lcurve = ROOT / "benchmarks" / "runs" / result["run"] / "lcurve.out"
+        if not lcurve.exists():
+            continue
+        step, _, mae, _ = np.loadtxt(lcurve, unpack=True)
+        unseen = result["tests"]["unseen"]["mae"]
+        axes.plot(step[1:], mae[1:], lw=1, label=f"{result['run']} (unseen {unseen:.2e})")
+    axes.axhline(results[0]["paper_mae"], color="k", ls="--", lw=1, label="paper, unseen")
+    axes.set(xscale="log", yscale="log", xlabel="training step", ylabel="training MAE (e/Å$^3$)")
+    axes.set_title("Si64, one structure, 1e5 points", fontsize=10)
+    axes.legend(fontsize=6)
+    figure.savefig(path, dpi=120)
+
+
 def write_report(results_dir: Path, docs: Path, systems: list[str]) -> None:
     """Write ``results.md``, the curves and copies of the test figures into ``docs``.
 
@@ -135,11 +154,18 @@ def write_report(results_dir: Path, docs: Path, systems: list[str]) -> None:
         lines += [row(r, "unseen") for r in by_structures] + [""]
     tuning = [r for r in results if r["experiment"] == "tuning"]
     if tuning:
-        lines += ["## Other settings (one-shot Si, 1e5 points)", "", COLUMNS]
+        one_shot_si = [
+            r
+            for r in results
+            if r["system"] == "si64" and len(r["train_files"]) == 1 and r["points"] == 10**5
+        ]
+        training_curves(one_shot_si, docs / "training_curves.png")
+        lines += ["## Other settings (one structure, 1e5 points)", "", "![](training_curves.png)"]
+        lines += ["", COLUMNS]
         for result in tuning:
             changes = ", ".join(f"{key} = {value}" for key, value in result["settings"].items())
-            changes = changes or f"training.numb_steps = {result['steps']:,}"
-            lines += [row(result, "unseen").replace(f"| {result['run']} |", f"| {changes} |", 1)]
+            named = f"{result['run']} ({changes or 'template settings'})"
+            lines += [row(result, "unseen").replace(f"| {result['run']} |", f"| {named} |", 1)]
         lines += [""]
     transfer = [r for r in results if "large" in r["tests"]]
     if transfer:
