@@ -337,7 +337,13 @@ SYSTEMS: dict[str, System] = {
         System(
             "si64", lambda seed: si_crystal(2, seed), SI, list(range(1, 11)), "~20-60 s each, 72^3"
         ),
-        System("si216", lambda seed: si_crystal(3, seed), SI, [1001], "~10-30 min, 108^3"),
+        System(
+            "si216",
+            lambda seed: si_crystal(3, seed),
+            SI,
+            [1001],
+            "~2 h on 1 rank beside other jobs (measured), 108^3",
+        ),
         System(
             "alslab", al_slab, AL, list(range(1, 11)), "~10-30 s each, k 4x4x1", kpoints=(4, 4, 1)
         ),
@@ -354,7 +360,7 @@ SYSTEMS: dict[str, System] = {
             lambda seed: almg_alloy(3, seed),
             AL,
             [1001],
-            "~15-40 min, k 2x2x2",
+            "1-2 h (estimate; 10 min before the first SCF step on 1 rank), k 2x2x2",
             kpoints=(2, 2, 2),
         ),
         System("asi64", amorphous_si, SI, list(range(1, 11)), "MD ~5 min + ~30 s DFT each"),
@@ -362,7 +368,11 @@ SYSTEMS: dict[str, System] = {
             "water32", lambda seed: water_box(32, seed), WATER, list(range(1, 11)), "~5-10 min each"
         ),
         System(
-            "water64", lambda seed: water_box(64, seed), WATER, [1001], "~30-60 min, 144^3 grid"
+            "water64",
+            lambda seed: water_box(64, seed),
+            WATER,
+            [1001],
+            "1-3 h (estimate), 144^3 grid",
         ),
     ]
 }
