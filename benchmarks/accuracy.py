@@ -1,8 +1,9 @@
 """Accuracy of Deep Charge on the Quantum ESPRESSO benchmark densities (the paper's experiments).
 
 Every run is the user's workflow, each step a subprocess: ``dpcharge convert`` of the training
-densities, ``dp --tf train`` on a template of ``input_templates/`` (steps and, where the system
-needs it, ``sel`` overridden), ``dp --tf freeze``, then ``dpcharge test --json --plots`` on the
+densities, ``dp --tf train`` on a template of ``input_templates/`` (steps, the paper's learning
+rate 1e-3 decaying to 1e-5 over the run and, where the system needs it, ``sel`` overridden),
+``dp --tf freeze``, then ``dpcharge test --json --plots`` on the
 whole grid of an unseen structure and, for size transfer, of a larger cell. Experiments:
 
 ``si``
@@ -18,7 +19,7 @@ whole grid of an unseen structure and, for size transfer, of a larger cell. Expe
     higher rate and 40,000 and 100,000 steps.
 ``transfer``
     Not a training: the one-structure Si, Al-Mg and water models above also predict Si216,
-    Al81Mg27 and 64 H2O (FIG. 5c/f/i), once those densities exist.
+    Al88Mg20 and 64 H2O (FIG. 5c/f/i), once those densities exist.
 
 The densities come from ``benchmarks/data/make_densities.py``; a run whose files are missing is
 skipped with the command that makes them. Each run works in ``benchmarks/runs/<run>/`` (not
@@ -202,7 +203,8 @@ def training_input(run: Run, steps: int) -> dict:
     model["type_map"] = [*run.system.type_map, "X"]
     if run.system.sel is not None:
         model["descriptor"]["sel"] = [*run.system.sel, 0]
-    config["learning_rate"]["decay_steps"] = max(steps // 20, 1)
+    # every run starts from the paper's rate, whatever the templates say; tuning runs change it
+    config["learning_rate"].update(start_lr=1e-3, stop_lr=1e-5, decay_steps=max(steps // 20, 1))
     training = config["training"]
     training.pop("validation_data", None)
     training["training_data"]["systems"] = "data"
