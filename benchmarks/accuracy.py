@@ -15,8 +15,8 @@ whole grid of an unseen structure and, for size transfer, of a larger cell. Expe
 ``tuning``
     The one-structure Si training with other settings, to see what limits the accuracy: a
     higher starting learning rate, ``rcut_smth`` 0.5 Å, a 5 Å cutoff, and 100,000 steps whatever
-    ``--steps`` says, with and without the higher rate, then 200,000 with it; and water with the
-    higher rate and 40,000 and 100,000 steps.
+    ``--steps`` says, with and without the higher rate, then 200,000 with it; Al-Mg and amorphous
+    Si with the higher rate and 100,000 steps; water with it and 40,000 and 100,000 steps.
 ``transfer``
     Not a training: the one-structure Si, Al-Mg and water models above also predict Si216,
     Al88Mg20 and 64 H2O (FIG. 5c/f/i), once those densities exist.
@@ -181,7 +181,7 @@ def all_runs() -> list[Run]:
     faster = (("learning_rate.start_lr", 3e-3),)
     smoother = (("model.descriptor.rcut_smth", 0.5),)
     shorter = (("model.descriptor.rcut", 5.0),)
-    water = SYSTEMS["water32"]
+    alloy, amorphous, water = SYSTEMS["almg32"], SYSTEMS["asi64"], SYSTEMS["water32"]
     runs += [
         Run("si64_1x_100000_lr3e-03", "tuning", SI64, (1,), 10**5, faster),
         Run("si64_1x_100000_smth0.5", "tuning", SI64, (1,), 10**5, smoother),
@@ -189,6 +189,8 @@ def all_runs() -> list[Run]:
         Run("si64_1x_100000_steps1e5", "tuning", SI64, (1,), 10**5, steps=100_000),
         Run("si64_1x_100000_lr3e-03_steps1e5", "tuning", SI64, (1,), 10**5, faster, 100_000),
         Run("si64_1x_100000_lr3e-03_steps2e5", "tuning", SI64, (1,), 10**5, faster, 200_000),
+        Run("almg32_1x_lr3e-03_steps1e5", "tuning", alloy, (1,), 10**5, faster, 100_000),
+        Run("asi64_1x_lr3e-03_steps1e5", "tuning", amorphous, (1,), 10**5, faster, 100_000),
         Run("water32_1x_lr3e-03_steps4e4", "tuning", water, (1,), 10**5, faster, 40_000),
         Run("water32_1x_lr3e-03_steps1e5", "tuning", water, (1,), 10**5, faster, 100_000),
     ]

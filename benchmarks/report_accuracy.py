@@ -170,7 +170,7 @@ def write_report(results_dir: Path, docs: Path, systems: list[str]) -> None:
             continue
         for role, test in result["tests"].items():
             stem = Path(test["path"]).name.removesuffix(".gz")
-            lines.append(f"- {result['run']}, {role} ({test['path']}):")
+            links = []
             for kind in ("parity", "errors", "slice", "line"):
                 source = (
                     ROOT / "benchmarks" / "runs" / result["run"] / "plots" / f"{stem}_{kind}.png"
@@ -179,7 +179,9 @@ def write_report(results_dir: Path, docs: Path, systems: list[str]) -> None:
                 if source.exists():
                     compress(source, figures / target)
                 if (figures / target).exists():  # kept from an earlier report if not re-run
-                    lines[-1] += f" [{kind}](figures/{target})"
+                    links.append(f"[{kind}](figures/{target})")
+            if links:  # none when the run's folder is gone and no earlier copy was kept
+                lines.append(f"- {result['run']}, {role} ({test['path']}): {' '.join(links)}")
     (docs / "results.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {docs / 'results.md'}")
 
