@@ -155,7 +155,7 @@ def write_report(results_dir: Path, docs: Path, systems: list[str]) -> None:
         lines += ["", COLUMNS]
         for result in tuning:
             changes = ", ".join(f"{key} = {value}" for key, value in result["settings"].items())
-            named = f"{result['run']} ({changes or 'template settings'})"
+            named = f"{result['run']} ({changes or 'start_lr 1e-3, as the paper'})"
             lines += [row(result, "unseen").replace(f"| {result['run']} |", f"| {named} |", 1)]
         lines += [""]
     transfer = [r for r in results if "large" in r["tests"]]
