@@ -13,7 +13,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test lint
 	$(PYTHON) -m pytest
 
-# Training steps per benchmark run: 100000 by default (about 12 h on 2 cores, see
+# Training steps per benchmark run: 100000 by default (about 16 h on 2 cores, see
 # docs/benchmarks.md); `make benchmarks STEPS=10000` is the budget of the committed results.
 # Densities: the snapshots the experiments use (Si64: 5 to train, 1 to test), then the large cells.
 STEPS ?= 100000
