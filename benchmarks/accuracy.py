@@ -276,6 +276,7 @@ def perform(run: Run, steps: int, threads: int) -> str:
             log,
         )
         execute([tool("dp"), "--tf", "freeze", "-o", "model.pb"], folder, threads, log)
+        curve = training_curve(folder / "lcurve.out")
         result = {
             "run": run.name,
             "experiment": run.experiment,
@@ -289,12 +290,10 @@ def perform(run: Run, steps: int, threads: int) -> str:
             "threads": threads,
             "train_wall_s": round(wall, 1),
             "train_cpu_s": round(cpu, 1),
+            "final_train_rmse": curve["rmse"][-1],
+            "training_curve": curve,
             "tests": {},
         }
-        save(result, result_path)
-    if "training_curve" not in result:
-        result["training_curve"] = training_curve(folder / "lcurve.out")
-        result["final_train_rmse"] = result["training_curve"]["rmse"][-1]
         save(result, result_path)
     for role, path in run.tests.items():
         if role in result["tests"] or not path.exists():
