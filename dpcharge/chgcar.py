@@ -1,16 +1,23 @@
 """Read and write VASP volumetric files (CHGCAR, CHG, AECCAR*, PARCHG) and cube files.
 
 A VASP volumetric file is a POSCAR header, a blank line, the grid ``NX NY NZ`` and
-then rho(r)·V_cell (electrons) on the grid in Fortran order (x fastest). A CHGCAR
-may carry augmentation-occupancy blocks after each grid; a spin-polarized file
-(ISPIN=2) holds the total density and then the magnetisation density, a
-non-collinear one the total and then m_x, m_y, m_z. Files may be gzip-compressed.
+then rho(r)·V_cell (electrons) on the grid in Fortran order (x fastest). After
+each grid VASP may write augmentation occupancies (CHGCAR); a spin-polarized file
+(ISPIN=2) then holds the magnetic moments and the magnetisation grid, a
+non-collinear one three magnetisation grids (m_x, m_y, m_z). Files may be
+gzip-compressed. CHGCAR files write every value in one exponent format (11
+significant digits); CHG files write 5 significant digits in Fortran's G format.
 
 Inside dpcharge a density is a float64 array ``density[i, j, k]`` in e/Å^3, the
-value at fractional coordinates ``(i/NX, j/NY, k/NZ)`` of the cell. The header is
-read by ase; the grid blocks are read here, with counts checked, because ase's
-reader neither opens gzip files, nor reads non-collinear blocks, nor notices a
-truncated grid.
+value at fractional coordinates ``(i/NX, j/NY, k/NZ)`` of the cell.
+
+The reader streams the file: the header line by line, the grids in slabs of whole
+lines parsed straight into the returned array, so its peak memory stays near the
+size of that array. It checks what a reader can: the header's counts against its
+lines, every grid's number of values, that only what VASP writes follows a grid
+(augmentation occupancies, magnetic moments, another grid, the end), and that the
+last value of a grid has the file's number format (a file cut inside its last
+number). Each problem is one `InputError` naming the file.
 """
 
 from __future__ import annotations
@@ -18,31 +25,53 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import tempfile
-from collections.abc import Callable, Sequence
-from pathlib import Path
+import re
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import BinaryIO
 
 import numpy as np
 from ase import Atoms
+from ase.data import atomic_numbers
 from ase.io.cube import write_cube as ase_write_cube
-from ase.io.vasp import read_vasp_configuration, write_vasp
+from ase.io.vasp import write_vasp
 from ase.units import Bohr
 
+from dpcharge.conventions import COMPONENTS
 from dpcharge.errors import InputError
+from dpcharge.output import write_atomically
 
-COMPONENTS = ("total", "magnetization", "mx", "my", "mz")
-"""Density components a file can hold: the total density and the magnetisation."""
+_SLAB_BYTES = 1 << 18
+"""Bytes of grid text parsed at a time: bounds the reader's memory beyond the density."""
 
-_HEADER_BYTES = 1 << 20
-"""Bytes read for a header alone: room for a structure of ~15,000 atoms."""
+_LINE_BYTES = 1 << 16
+"""Longest line accepted: a longer one means the file is not a VASP text file."""
 
 _VALUES_PER_LINE = 5
 """Values per line when writing a CHGCAR, as VASP does."""
 
+_CHG_DIGITS = 5
+"""Significant digits of a CHG file, written in Fortran's G format (an exponent only below 0.1)."""
+
+_BLOCKS = {"total": 0, "magnetization": 1, "mx": 1, "my": 2, "mz": 3}
+"""Grid block holding each component (the block count then says whether the file has it)."""
+
+_WHITESPACE = np.zeros(256, dtype=bool)
+_WHITESPACE[[9, 10, 11, 12, 13, 32]] = True
+
+_BINARY = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+_INTEGER = re.compile(r"[0-9]+")
+_NUMBER = re.compile(rb"[+-]?([0-9]*)\.?([0-9]*)(?:[Ee][+-]?([0-9]*))?")
+
+
+class NotVolumetricError(InputError):
+    """The file holds no POSCAR header followed by a grid: some other structure file."""
+
 
 def read_density(
     path: str | os.PathLike,
-    type_map: Sequence[str] | None = None,
+    species: Sequence[str] | None = None,
     component: str = "total",
 ) -> tuple[Atoms, np.ndarray]:
     """Read a VASP volumetric file into a structure and a density in e/Å^3.
@@ -51,9 +80,10 @@ def read_density(
     ----------
     path
         CHGCAR, CHG, AECCAR*, PARCHG (VASP 4, 5 or 6 header), plain or gzip.
-    type_map
-        Element names, in the order of the file's species counts; only used for
-        VASP 4 files, whose header has no species line.
+    species
+        Element names in the order of the file's species counts. Needed for a
+        VASP 4 file, whose header names no species; for a VASP 5/6 file they
+        must equal the names in the file.
     component
         ``"total"`` (default) for the total density; ``"magnetization"`` for the
         magnetisation density of a spin-polarized (ISPIN=2) file; ``"mx"``,
@@ -70,39 +100,59 @@ def read_density(
     Raises
     ------
     InputError
-        The file is missing, empty, truncated, not a volumetric file, holds
-        non-finite values, or lacks the requested component.
+        The file is missing, not a volumetric file, truncated, inconsistent with
+        its own header, holds non-finite values or several images, or lacks the
+        requested component.
     """
     if component not in COMPONENTS:
-        raise InputError(f"unknown density component {component!r}; use one of {COMPONENTS}")
-    lines = _read_lines(path)
-    atoms, first_grid_line = _read_header(path, lines, type_map)
-    volume = abs(np.linalg.det(atoms.get_cell().array))
-    if not volume > 1e-8:
-        raise InputError(f"{path}: the cell has zero volume ({volume:.3g} Å^3)")
-    grid_shape, blocks = _read_blocks(path, lines, first_grid_line)
-    values = blocks[_block_index(path, component, len(blocks))]
-    density = values.reshape(grid_shape, order="F") / volume
-    return atoms, density
+        raise InputError(
+            f"unknown density component {component!r}; use one of {COMPONENTS}", "component"
+        )
+    wanted = _BLOCKS[component]
+    with _opened(path) as text:
+        atoms = _read_header(text, species)
+        shape = _read_grid_line(text)
+        density = None
+        blocks = 0
+        while True:
+            values = _read_block(text, shape, keep=blocks == wanted)
+            if values is not None:
+                density = values
+            blocks += 1
+            if not _next_block_follows(text, shape, len(atoms), blocks):
+                break
+    _check_component(path, component, blocks)
+    density /= atoms.get_volume()
+    return atoms, density.reshape(shape, order="F")
 
 
-def read_structure(path: str | os.PathLike, type_map: Sequence[str] | None = None) -> Atoms:
-    """Read only the structure of a VASP volumetric file, not its grid.
+def read_structure(path: str | os.PathLike, species: Sequence[str] | None = None) -> Atoms:
+    """Read only the structure of a VASP volumetric file: its header and grid line.
 
     Parameters
     ----------
     path
         A file as for `read_density`.
-    type_map
-        Element names for a VASP 4 file, as for `read_density`.
+    species
+        Element names, as for `read_density`.
 
     Returns
     -------
     ase.Atoms
         The structure, positions in Å.
+
+    Raises
+    ------
+    NotVolumetricError
+        The file does not start with a POSCAR header, or no grid line follows it
+        (a POSCAR, a CONTCAR).
+    InputError
+        The header is broken or inconsistent.
     """
-    lines = _read_lines(path, header_only=True)
-    return _read_header(path, lines, type_map)[0]
+    with _opened(path) as text:
+        atoms = _read_header(text, species)
+        _read_grid_line(text)
+    return atoms
 
 
 _SLAB_VALUES = 1 << 20
@@ -112,23 +162,28 @@ _SLAB_VALUES = 1 << 20
 def write_chgcar(path: str | os.PathLike, atoms: Atoms, density: np.ndarray) -> None:
     """Write a density as a VASP CHGCAR (rho·V_cell, Fortran order, 11 digits).
 
+    The header holds the species, counts, cell and positions only (no
+    velocities, no selective dynamics), so VASP's tools, ase, pymatgen and
+    `read_density` read it back. A path ending in ``.gz`` is gzip-compressed.
+
     Parameters
     ----------
     path
         Output file; written to a temporary file first and renamed, so it is
         never left half-written.
     atoms
-        The structure written as the POSCAR header.
+        The structure written as the POSCAR header, positions in Å.
     density
         Array of shape (NX, NY, NZ) in e/Å^3, as returned by `read_density`.
     """
     density = _checked_density(density)
-    volume = atoms.get_volume()
+    structure = Atoms(atoms.get_chemical_symbols(), positions=atoms.positions, cell=atoms.cell)
+    volume = structure.get_volume()
     nx, ny, nz = density.shape
     planes = max(1, _SLAB_VALUES // (nx * ny))
 
     def write(stream: io.TextIOBase) -> None:
-        write_vasp(stream, atoms, direct=True, vasp5=True)
+        write_vasp(stream, structure, direct=True, vasp5=True)
         stream.write("\n{:5d}{:5d}{:5d}\n".format(*density.shape))
         carry = np.empty(0)  # the values of an unfinished line, fewer than _VALUES_PER_LINE
         for k in range(0, nz, planes):  # slabs of k-planes: Fortran order is k slowest
@@ -141,7 +196,10 @@ def write_chgcar(path: str | os.PathLike, atoms: Atoms, density: np.ndarray) -> 
         if len(carry):
             np.savetxt(stream, carry[None, :], fmt="%18.10E", delimiter="")
 
-    write_atomically(path, write)
+    if str(path).endswith(".gz"):
+        write_atomically(path, lambda stream: _gzipped(stream, write), binary=True)
+    else:
+        write_atomically(path, write)
 
 
 def write_cube(path: str | os.PathLike, atoms: Atoms, density: np.ndarray) -> None:
@@ -160,171 +218,13 @@ def write_cube(path: str | os.PathLike, atoms: Atoms, density: np.ndarray) -> No
     write_atomically(path, lambda stream: ase_write_cube(stream, atoms, density * Bohr**3))
 
 
-def _read_lines(path: str | os.PathLike, header_only: bool = False) -> list[str]:
-    """Return the text lines of a plain or gzip file (gzip recognised by content).
-
-    With ``header_only``, only the complete lines within the first
-    ``_HEADER_BYTES`` are read: enough for the header of ~15,000 atoms.
-    """
-    try:
-        if header_only:
-            with open(path, "rb") as stream:
-                magic = stream.read(2)
-            opener = gzip.open if magic == b"\x1f\x8b" else open
-            with opener(path, "rb") as stream:
-                raw = stream.read(_HEADER_BYTES)
-            return _decoded(path, raw).splitlines()[:-1] or [""]
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a density file") from None
-    except (OSError, EOFError) as error:
-        raise InputError(f"{path}: cannot read ({error})") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as error:
-            raise InputError(f"{path}: broken gzip file ({error})") from None
-    return _decoded(path, raw).splitlines()
-
-
-def _decoded(path: str | os.PathLike, raw: bytes) -> str:
-    """Decode a file's bytes as text, refusing empty and binary files."""
-    if not raw.strip():
-        raise InputError(f"{path}: the file is empty")
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text file (binary content)") from None
-
-
-def _read_header(
-    path: str | os.PathLike, lines: list[str], type_map: Sequence[str] | None
-) -> tuple[Atoms, int]:
-    """Read the POSCAR header with ase; return the atoms and the grid line's index."""
-    if len(lines) < 9:
-        raise InputError(f"{path}: too short for a VASP volumetric file")
-    lines = list(lines)
-    if _is_vasp4(lines):
-        if type_map is None:
-            raise InputError(
-                f"{path}: VASP 4 file without element names; give them with --type-map "
-                "in the order of the file's species"
-            )
-        counts = lines[5].split()
-        if len(type_map) != len(counts):
-            raise InputError(
-                f"{path}: VASP 4 file with {len(counts)} species but --type-map names "
-                f"{len(type_map)}"
-            )
-        lines.insert(5, " ".join(type_map))
-        inserted = 1
-    else:
-        inserted = 0
-    stream = io.StringIO("\n".join(lines) + "\n")
-    try:
-        atoms = read_vasp_configuration(stream)
-    except Exception as error:  # ase raises many kinds on a malformed header
-        raise InputError(f"{path}: unreadable POSCAR header ({error})") from None
-    header_lines = stream.getvalue()[: stream.tell()].count("\n")
-    # the grid line follows a blank line (VASP 5/6) after the positions
-    for index in range(header_lines, min(header_lines + 3, len(lines))):
-        if _grid_shape(lines[index]) is not None:
-            return atoms, index - inserted
-    raise InputError(f"{path}: no grid line 'NX NY NZ' after the atomic positions")
-
-
-def _is_vasp4(lines: list[str]) -> bool:
-    """Whether line 6 holds counts (VASP 4) rather than element names."""
-    tokens = lines[5].split()
-    return bool(tokens) and all(token.isdigit() for token in tokens)
-
-
-def _grid_shape(line: str) -> tuple[int, int, int] | None:
-    """Return (NX, NY, NZ) if the line is a grid line, else None."""
-    tokens = line.split()
-    if len(tokens) == 3 and all(token.isdigit() for token in tokens):
-        shape = tuple(int(token) for token in tokens)
-        return shape  # type: ignore[return-value]
-    return None
-
-
-def _read_blocks(
-    path: str | os.PathLike, lines: list[str], grid_line: int
-) -> tuple[tuple[int, int, int], list[np.ndarray]]:
-    """Read every grid block (total, then magnetisation ones), skipping the rest.
-
-    Returns the grid shape and the blocks as flat arrays of rho·V_cell in file
-    (Fortran) order.
-    """
-    grid_text = lines[grid_line].split()
-    shape = _grid_shape(lines[grid_line])
-    assert shape is not None
-    if min(shape) < 1:
-        raise InputError(f"{path}: grid {shape} has no points")
-    count = shape[0] * shape[1] * shape[2]
-    blocks = []
-    index = grid_line
-    while index < len(lines):
-        if lines[index].split() != grid_text:
-            index += 1  # augmentation occupancies, magnetic moments, blank lines
-            continue
-        values, index = _read_block(path, lines, index + 1, count)
-        blocks.append(values)
-        if len(blocks) == 4:
-            break
-    return shape, blocks
-
-
-def _read_block(
-    path: str | os.PathLike, lines: list[str], start: int, count: int
-) -> tuple[np.ndarray, int]:
-    """Read ``count`` values starting at line ``start``; return them and the next line."""
-    per_line = len(lines[start].split()) if start < len(lines) else 0
-    if per_line == 0:
-        raise InputError(f"{path}: truncated file: a grid block has no values")
-    end = start + -(-count // per_line)
-    text = " ".join(lines[start:end])
-    try:
-        values = np.array(text.split(), dtype=float)
-    except ValueError:
-        bad = next(token for token in text.split() if not _is_number(token))
-        raise InputError(f"{path}: non-numeric value {bad!r} in the density grid") from None
-    if len(values) != count:
-        raise InputError(
-            f"{path}: truncated or malformed grid block: {len(values)} values "
-            f"where the grid needs {count}"
-        )
-    if not np.all(np.isfinite(values)):
-        raise InputError(f"{path}: the density grid holds NaN or infinite values")
-    return values, end
-
-
-def _is_number(token: str) -> bool:
-    """Whether a token parses as a float."""
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
-
-
-def _block_index(path: str | os.PathLike, component: str, blocks: int) -> int:
-    """Map a component name to its block for a file with ``blocks`` grid blocks."""
-    if component == "total":
-        return 0
-    if blocks == 1:
-        raise InputError(f"{path}: not spin-polarized: no {component} density in the file")
-    if component == "magnetization":
-        if blocks == 2:
-            return 1
-        raise InputError(
-            f"{path}: non-collinear file: choose the magnetisation component mx, my or mz"
-        )
-    if blocks != 4:
-        raise InputError(f"{path}: collinear spin file: use 'magnetization', not {component}")
-    return {"mx": 1, "my": 2, "mz": 3}[component]
+def _gzipped(stream: BinaryIO, write) -> None:
+    """Run a text writer into a gzip member on a binary stream (no time stamp: same bytes)."""
+    with gzip.GzipFile(fileobj=stream, mode="wb", mtime=0) as compressed:
+        text = io.TextIOWrapper(compressed, encoding="ascii", newline="\n")
+        write(text)
+        text.flush()
+        text.detach()
 
 
 def _checked_density(density: np.ndarray) -> np.ndarray:
@@ -337,15 +237,445 @@ def _checked_density(density: np.ndarray) -> np.ndarray:
     return density
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[io.TextIOBase], None]) -> None:
-    """Write a text file through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.")
+class _Text:
+    """A plain or gzip file read as lines (the header) or slabs of whole lines (the grids).
+
+    Parameters
+    ----------
+    path
+        The file, for messages.
+    stream
+        The open binary stream.
+    compressed
+        Whether the stream decompresses gzip (read errors then mean a broken file).
+    """
+
+    def __init__(self, path: str | os.PathLike, stream: BinaryIO, compressed: bool) -> None:
+        self.path = path
+        self.line_number = 0
+        self.first_line = ""
+        self._stream = stream
+        self._compressed = compressed
+        self._pending = b""
+
+    def line(self) -> str | None:
+        """Return the next line as text without its end, None at the end of the file."""
+        if self._pending:
+            raw, newline, self._pending = self._pending.partition(b"\n")
+            if not newline:
+                raw += self._read(self._stream.readline, _LINE_BYTES)
+        else:
+            raw = self._read(self._stream.readline, _LINE_BYTES)
+        if not raw:
+            return None
+        if len(raw) >= _LINE_BYTES and not raw.endswith(b"\n"):
+            raise self.error(f"line {self.line_number + 1} is longer than {_LINE_BYTES} bytes")
+        self.line_number += 1
+        try:
+            line = raw.decode().rstrip("\r\n")
+        except UnicodeDecodeError:
+            line = None
+        if line is None or _BINARY.search(line):
+            raise self.error(f"not a text file (binary content on line {self.line_number})")
+        if self.line_number == 1:
+            self.first_line = line
+        return line
+
+    def slab(self) -> bytes:
+        """Return the next whole lines, about `_SLAB_BYTES` of them; empty at the end."""
+        if self._pending:
+            data, self._pending = self._pending, b""
+        else:
+            data = self._read(self._stream.read, _SLAB_BYTES)
+            if data and not data.endswith(b"\n"):
+                data += self._read(self._stream.readline, _LINE_BYTES)
+        self.line_number += data.count(b"\n")
+        return data
+
+    def push_back(self, data: bytes) -> None:
+        """Return unread bytes (whole lines) to the front of the stream."""
+        self.line_number -= data.count(b"\n")
+        self._pending = data + self._pending
+
+    def error(self, problem: str) -> InputError:
+        """Return an error naming the file."""
+        return InputError(f"{self.path}: {problem}")
+
+    def _read(self, method, size: int) -> bytes:
+        try:
+            return method(size)
+        except (OSError, EOFError, zlib.error) as error:
+            kind = "broken gzip file" if self._compressed else "cannot read"
+            raise self.error(f"{kind} ({error})") from None
+
+
+@contextmanager
+def _opened(path: str | os.PathLike) -> Iterator[_Text]:
+    """Open a plain or gzip file (gzip recognised by content) as `_Text`."""
     try:
-        with os.fdopen(handle, "w") as stream:
-            write(stream)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        with open(path, "rb") as raw:
+            compressed = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
+            yield _Text(path, stream, compressed)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a density file") from None
+    except PermissionError:
+        raise InputError(f"{path}: cannot read (permission denied)") from None
+
+
+def _read_header(text: _Text, species: Sequence[str] | None) -> Atoms:
+    """Read the POSCAR header line by line; return the structure (positions in Å)."""
+    if text.line() is None:
+        raise text.error("the file is empty")
+    scale = _numbers(text, "the scale factor", (1, 3), NotVolumetricError)
+    cell = np.array(
+        [_numbers(text, f"cell vector {n}", (3,), NotVolumetricError) for n in (1, 2, 3)]
+    )
+    if not np.all(np.isfinite(cell)) or not np.all(np.isfinite(scale)):
+        raise text.error("the cell holds NaN or infinite values")
+    volume = abs(np.linalg.det(cell))
+    if not volume > 1e-8:
+        raise text.error(f"the cell has zero volume ({volume:.3g} Å^3)")
+    if len(scale) == 1 and scale[0] < 0:  # a negative scale factor is the cell volume
+        scale = np.full(3, (-scale[0] / volume) ** (1 / 3))
+    elif not np.all(scale > 0):
+        raise text.error(f"line 2: scale factor {' '.join(map(str, scale))} is not positive")
+    cell = cell * scale[:, None] if len(scale) == 3 else cell * scale[0]
+    names, counts = _read_species(text, species)
+    mode = _required_line(text, "the coordinate mode (Direct or Cartesian)")
+    if mode.strip()[:1] in ("S", "s"):  # selective dynamics
+        mode = _required_line(text, "the coordinate mode (Direct or Cartesian)")
+    positions = np.array(
+        [_position(text, n, sum(counts)) for n in range(1, sum(counts) + 1)], dtype=float
+    )
+    if not np.all(np.isfinite(positions)):
+        raise text.error("an atomic position holds NaN or infinite values")
+    symbols = [name for name, count in zip(names, counts, strict=True) for _ in range(count)]
+    if mode.strip()[:1] in ("C", "c", "K", "k"):
+        return Atoms(symbols, positions=positions * scale, cell=cell, pbc=True)
+    return Atoms(symbols, scaled_positions=positions, cell=cell, pbc=True)
+
+
+def _read_species(text: _Text, species: Sequence[str] | None) -> tuple[list[str], list[int]]:
+    """Read the species names (VASP 5/6) or take ``species`` (VASP 4), and the counts."""
+    line = _required_line(text, "the species names or counts")
+    tokens = line.split()
+    if tokens and all(_INTEGER.fullmatch(token) for token in tokens):  # VASP 4: counts only
+        if species is None:
+            raise InputError(
+                f"{text.path}: VASP 4 file without element names; give them in the order "
+                "of the file's species counts",
+                "species",
+            )
+        names = list(species)
+        for name in names:
+            if name not in atomic_numbers:
+                raise InputError(f"{name!r} is not an element", "species")
+        if len(names) != len(tokens):
+            raise InputError(
+                f"{text.path}: VASP 4 file with {len(tokens)} species counts, but "
+                f"{len(names)} names given",
+                "species",
+            )
+    else:
+        names = [re.split(r"[_/.]", token)[0] for token in tokens]
+        unknown = [
+            token for token, name in zip(tokens, names, strict=True) if name not in atomic_numbers
+        ]
+        if not tokens or unknown:
+            found = " ".join(unknown) if unknown else "nothing"
+            raise text.error(f"line {text.line_number}: species names expected, found {found}")
+        if species is not None and list(species) != names:
+            raise InputError(
+                f"{text.path} names its species {names}, not {list(species)}", "species"
+            )
+        tokens = _required_line(text, "the species counts").split()
+    if len(tokens) != len(names) or not all(_INTEGER.fullmatch(token) for token in tokens):
+        raise text.error(
+            f"line {text.line_number}: expected {len(names)} atom counts, "
+            f"found {' '.join(tokens) or 'nothing'}"
+        )
+    counts = [int(token) for token in tokens]
+    if sum(counts) == 0:
+        raise text.error(f"line {text.line_number}: the species counts hold no atom")
+    return names, counts
+
+
+def _read_grid_line(text: _Text) -> tuple[int, int, int]:
+    """Read the blank line and the grid line ``NX NY NZ`` that follow the positions.
+
+    A line of numbers right after the positions is one more position than the
+    counts say: refused. Anything else but a grid (velocities after the blank
+    line, the end of the file, text) makes the file a POSCAR or CONTCAR, not a
+    volumetric file.
+    """
+    line = text.line()
+    if line is not None and line.strip() and _grid_shape(line) is None and _is_numbers(line):
+        raise text.error(
+            f"line {text.line_number}: one more position line than the header's atom count "
+            f"({line.strip()!r})"
+        )
+    while line is not None and not line.strip():
+        line = text.line()
+    shape = None if line is None else _grid_shape(line)
+    tokens = [] if line is None else line.split()
+    if shape is None and len(tokens) == 3 and any(_INTEGER.fullmatch(t) for t in tokens):
+        raise text.error(
+            f"line {text.line_number}: grid line {line.strip()!r} is not three positive integers"
+        )
+    if shape is None:
+        found = "the end of the file" if line is None else repr(line.strip()[:40])
+        raise NotVolumetricError(
+            f"{text.path}: no grid line 'NX NY NZ' after the atomic positions "
+            f"(line {text.line_number}: {found})"
+        )
+    return shape
+
+
+def _grid_shape(line: str) -> tuple[int, int, int] | None:
+    """Return (NX, NY, NZ) if the line is a grid line of positive counts, else None."""
+    tokens = line.split()
+    if len(tokens) == 3 and all(_INTEGER.fullmatch(token) for token in tokens):
+        shape = tuple(int(token) for token in tokens)
+        return shape if min(shape) > 0 else None  # type: ignore[return-value]
+    return None
+
+
+def _required_line(text: _Text, what: str) -> str:
+    """Return the next line; a file that ends here is truncated."""
+    line = text.line()
+    if line is None and text.line_number == 1 and not text.first_line.strip():
+        raise text.error("the file is empty")
+    if line is None:
+        raise text.error(f"the file ends at line {text.line_number}, before {what}")
+    return line
+
+
+def _numbers(
+    text: _Text, what: str, lengths: tuple[int, ...], error: type[InputError] = InputError
+) -> np.ndarray:
+    """Read a line of ``lengths`` numbers (extra tokens are comments)."""
+    line = _required_line(text, what)
+    tokens = line.split()
+    for length in sorted(lengths, reverse=True):
+        if len(tokens) >= length and _is_numbers(" ".join(tokens[:length])):
+            return np.array(tokens[:length], dtype=float)
+    raise error(f"{text.path}: line {text.line_number}: {what} is not a number ({line.strip()!r})")
+
+
+def _position(text: _Text, number: int, atoms: int) -> list[float]:
+    """Read position line ``number`` of ``atoms``: three numbers, then optional flags."""
+    line = text.line()
+    if line is None or not line.strip():
+        end = "the file ends" if line is None else "a blank line comes"
+        raise text.error(
+            f"{end} at line {text.line_number}, at position {number} of the header's {atoms} atoms"
+        )
+    tokens = line.split()
+    if len(tokens) < 3 or not _is_numbers(" ".join(tokens[:3])):
+        raise text.error(
+            f"line {text.line_number}: position {number} of {atoms} is not three numbers "
+            f"({line.strip()!r})"
+        )
+    return [float(token) for token in tokens[:3]]
+
+
+def _is_numbers(line: str) -> bool:
+    """Whether every token of a line is a number."""
+    try:
+        [float(token) for token in line.split()]
+    except ValueError:
+        return False
+    return True
+
+
+def _read_block(text: _Text, shape: tuple[int, int, int], keep: bool) -> np.ndarray | None:
+    """Read one grid of NX·NY·NZ values (rho·V_cell, file order); None when not kept.
+
+    The grid is read in slabs of whole lines. A block not kept is counted, not
+    parsed. The block must end at the end of a line, its values must be finite
+    and its first and last values must have the same number format.
+    """
+    count = shape[0] * shape[1] * shape[2]
+    values = np.empty(count) if keep else None
+    done = 0
+    first = last = b""
+    while done < count:
+        slab = text.slab()
+        blank = _WHITESPACE[np.frombuffer(slab, dtype=np.uint8)]
+        starts = np.flatnonzero(~blank & np.concatenate(([True], blank[:-1])))
+        if len(starts) == 0:
+            if not slab:
+                raise text.error(
+                    f"truncated file: a grid block has {done} values where the grid "
+                    f"{'x'.join(map(str, shape))} needs {count}"
+                )
+            continue
+        if done + len(starts) > count:  # the block ends inside this slab
+            cut = starts[count - done]
+            if b"\n" not in slab[starts[count - done - 1] : cut]:
+                line = text.line_number - slab.count(b"\n", cut)
+                raise text.error(
+                    f"line {line}: more values than the grid {'x'.join(map(str, shape))} holds"
+                )
+            text.push_back(slab[cut:])
+            slab, starts = slab[:cut], starts[: count - done]
+        if not first:
+            first = _token(slab, starts[0])
+        last = _token(slab, starts[-1])
+        if values is not None:
+            values[done : done + len(starts)] = _parsed(text, slab, len(starts))
+        done += len(starts)
+    _check_format(text, first, last)
+    if values is not None and not np.all(np.isfinite(values)):
+        raise text.error("the density grid holds NaN or infinite values")
+    return values
+
+
+def _token(slab: bytes, start: int) -> bytes:
+    """Return the token that starts at ``start``."""
+    return slab[start : start + 64].split(maxsplit=1)[0]
+
+
+def _parsed(text: _Text, slab: bytes, count: int) -> np.ndarray:
+    """Parse a slab of ``count`` whitespace-separated numbers."""
+    try:
+        values = np.fromstring(slab, sep=" ")
+    except ValueError:
+        values = None
+    if values is None or len(values) != count:
+        bad = next(
+            (token for token in slab.split() if not _is_numbers(token.decode("latin-1"))), b""
+        )
+        raise text.error(f"non-numeric value {bad.decode('latin-1')!r} in the density grid")
+    return values
+
+
+def _parses(token: bytes) -> bool:
+    """Whether numpy's text parser reads a token as one number."""
+    try:
+        return len(np.fromstring(token, sep=" ")) == 1
+    except ValueError:
+        return False
+
+
+def _form(token: bytes) -> tuple[int, int] | None:
+    """Return a number's written form: (significant digits, exponent digits), None if no number.
+
+    In exponent form the significant digits are the digits after the point (VASP
+    writes ``0.12345678901E+01``, others ``1.2345678901E+00``); without exponent
+    they are the digits without leading zeros (all the digits of a zero).
+    """
+    match = _NUMBER.fullmatch(token)
+    if match is None:
+        return None
+    whole, fraction, exponent = match.groups()
+    if exponent is not None:
+        return len(fraction), len(exponent)
+    digits = whole + fraction
+    return len(digits.lstrip(b"0")) or len(digits), 0
+
+
+def _check_format(text: _Text, first: bytes, last: bytes) -> None:
+    """Refuse a grid whose last value is written otherwise than its first: a cut number.
+
+    A CHGCAR writes every value with an exponent and the same digits; a CHG file
+    (5 significant digits, G format) writes values of 0.1 and more without one.
+    """
+    reference, form = _form(first), _form(last)
+    if reference is None or form is None:
+        return  # not numbers: the parser names them
+    digits, exponent = reference
+    cut = form[0] != digits or (form[1] < 2 and (form[1] or (exponent and digits != _CHG_DIGITS)))
+    if cut:
+        raise text.error(
+            f"the last value of a grid, {last.decode()!r}, is not written like the others "
+            f"({first.decode()!r}): the file is cut inside a number"
+        )
+
+
+def _next_block_follows(text: _Text, shape: tuple[int, int, int], atoms: int, blocks: int) -> bool:
+    """Read what follows a grid block; return whether another grid block follows.
+
+    VASP writes after a grid only augmentation occupancies, the magnetic moments
+    (one or three per atom) before a magnetisation grid, another grid line, or
+    nothing. Anything else (more values, another header) is refused.
+    """
+    grid = "x".join(map(str, shape))
+    moments = 0
+    while (line := text.line()) is not None:
+        tokens = line.split()
+        if not tokens:
+            continue
+        if _grid_shape(line) == shape and moments in (0, atoms, 3 * atoms):
+            if blocks == 4:
+                raise text.error(f"line {text.line_number}: a fifth grid; VASP writes at most 4")
+            return True
+        if line.lower().startswith("augmentation occupancies") and not moments:
+            _skip_augmentation(text, tokens)
+        elif _is_numbers(line) and moments + len(tokens) <= 3 * atoms:
+            moments += len(tokens)  # the magnetic moments before a magnetisation grid
+        elif _is_numbers(line):
+            raise text.error(
+                f"line {text.line_number}: more values after grid block {blocks} than the "
+                f"grid {grid} holds: the grid line does not match the data"
+            )
+        elif line.strip() == text.first_line.strip():
+            raise text.error(
+                f"line {text.line_number}: a second header: the file holds the densities of "
+                "several ionic steps (a CHG file); dpcharge reads one: split the file"
+            )
+        else:
+            raise text.error(
+                f"line {text.line_number}: {line.strip()[:40]!r} after grid block {blocks}, "
+                "where VASP writes augmentation occupancies, magnetic moments or another grid"
+            )
+    if moments:
+        raise text.error(
+            f"the file ends {moments} values after grid block {blocks}: truncated before the "
+            "next grid, or the grid line does not match the data"
+        )
+    return False
+
+
+def _skip_augmentation(text: _Text, tokens: list[str]) -> None:
+    """Count the values of one 'augmentation occupancies <atom> <count>' section."""
+    header = text.line_number
+    if not _INTEGER.fullmatch(tokens[-1]):
+        raise text.error(f"line {header}: augmentation header without a value count")
+    count = int(tokens[-1])
+    values: list[str] = []
+    while len(values) < count:
+        line = text.line()
+        if line is None or not _is_numbers(line) or not line.strip():
+            raise text.error(
+                f"line {text.line_number}: augmentation occupancies of line {header} hold "
+                f"{len(values)} values where the header says {count}"
+            )
+        values += line.split()
+    if len(values) != count:
+        raise text.error(
+            f"line {text.line_number}: augmentation occupancies of line {header} hold "
+            f"{len(values)} values where the header says {count}"
+        )
+    if count:
+        _check_format(text, values[0].encode(), values[-1].encode())
+
+
+def _check_component(path: str | os.PathLike, component: str, blocks: int) -> None:
+    """Check that a file of ``blocks`` grid blocks holds ``component``."""
+    if component == "total":
+        return
+    if blocks == 1:
+        raise InputError(f"{path}: not spin-polarized: no {component} density in the file")
+    if blocks == 3:
+        raise InputError(f"{path}: holds 3 grids: neither spin-polarized (2) nor non-collinear (4)")
+    if component == "magnetization" and blocks == 4:
+        raise InputError(
+            f"{path}: non-collinear file: choose the magnetisation component mx, my or mz"
+        )
+    if component != "magnetization" and blocks == 2:
+        raise InputError(f"{path}: collinear spin file: use 'magnetization', not {component}")

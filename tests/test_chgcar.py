@@ -1,15 +1,23 @@
 """Reading and writing real VASP and Quantum ESPRESSO volumetric files."""
 
 import gzip
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from ase import io as ase_io
+from ase.build import bulk
 from ase.calculators.vasp import VaspChargeDensity
 from ase.units import Bohr
 
-from dpcharge.chgcar import read_density, read_structure, write_chgcar, write_cube
+from dpcharge.chgcar import (
+    NotVolumetricError,
+    read_density,
+    read_structure,
+    write_chgcar,
+    write_cube,
+)
 from dpcharge.errors import InputError
 
 DATA = Path(__file__).parent / "data"
@@ -102,12 +110,14 @@ def test_non_collinear_file_has_three_magnetization_components(tmp_path):
 def test_vasp4_file_needs_element_names(tmp_path):
     lines = si8_lines()
     path = write_lines(tmp_path / "CHGCAR", lines[:5] + lines[6:])
-    with pytest.raises(InputError, match="VASP 4 file without element names; give them with"):
+    with pytest.raises(
+        InputError, match="VASP 4 file without element names; give them in the order"
+    ):
         read_density(path)
-    atoms, density = read_density(path, type_map=["Si"])
+    atoms, density = read_density(path, species=["Si"])
     assert atoms.get_chemical_formula() == "Si8"
     assert electrons(atoms, density) == pytest.approx(32, abs=1e-5)
-    assert read_structure(path, type_map=["Si"]).get_chemical_formula() == "Si8"
+    assert read_structure(path, species=["Si"]).get_chemical_formula() == "Si8"
 
 
 def test_read_structure_reads_the_header_alone():
@@ -165,25 +175,61 @@ def test_writing_never_leaves_a_half_written_file(tmp_path):
     ("edit", "message"),
     [
         (lambda lines: [], "the file is empty"),
-        (lambda lines: lines[:1000], "truncated or malformed grid block: 4910 values where"),
-        (lambda lines: lines[:18], "truncated file: a grid block has no values"),
+        (lambda lines: lines[:1000], "a grid block has 4910 values where the grid 36x36x36 needs"),
+        (lambda lines: lines[:18], "a grid block has 0 values where the grid 36x36x36 needs 46656"),
         (
             lambda lines: [*lines[:20], lines[20].replace("E+01", "E+O1", 1), *lines[21:]],
             "non-numeric value",
         ),
-        (lambda lines: [*lines[:17], "   36   36   37", *lines[18:]], "where the grid needs 47952"),
+        (
+            lambda lines: [*lines[:17], "   36   36   37", *lines[18:]],
+            "where the grid 36x36x37 needs",
+        ),
         (
             lambda lines: [*lines[:20], " NaN " + lines[20].split(None, 1)[1], *lines[21:]],
             "NaN or infinite",
         ),
         (lambda lines: [*lines[:2], "0 0 0", *lines[3:]], "zero volume"),
-        (lambda lines: lines[:7], "too short for a VASP volumetric file"),
-        (lambda lines: ["hello", "world", *lines[2:]], "unreadable POSCAR header"),
+        (lambda lines: lines[:7], "the file ends at line 7, before the coordinate mode"),
+        (lambda lines: ["hello", "world", *lines[2:]], "line 2: the scale factor is not a number"),
+        # silent wrong results of the earlier reader: an atom dropped, a grid laid out wrongly
+        (
+            lambda lines: [*lines[:6], "   7", *lines[7:]],
+            "line 16: one more position line than the header's atom count",
+        ),
+        (
+            lambda lines: [*lines[:17], "   36   36   35", *lines[18:]],
+            "more values after grid block 1 than the grid 36x36x35 holds",
+        ),
+        (
+            lambda lines: [*lines[:-1], lines[-1].replace("E+01", "")],
+            "the last value of a grid, '1.6969212328', is not written like the others",
+        ),
+        # tracebacks and hidden causes of the earlier reader
+        (
+            lambda lines: [*lines[:17], "    6    6    \u00b2", *lines[18:]],
+            "line 18: grid line '6    6    \u00b2' is not three positive integers",
+        ),
+        (
+            lambda lines: [*lines[:9], "  nan  0.25  0.25", *lines[10:]],
+            "an atomic position holds NaN or infinite values",
+        ),
+        (lambda lines: [*lines[:3], "  inf  0  0", *lines[4:]], "the cell holds NaN or infinite"),
+        (lambda lines: [*lines[:5], " Si  Si", *lines[6:]], "line 7: expected 2 atom counts"),
+        (lambda lines: [*lines[:3], "  5.43  0.0", *lines[4:]], "line 4: cell vector 2 is not"),
+        (
+            lambda lines: [*lines[:9], "  0.25  0.25", *lines[10:]],
+            "line 10: position 2 of 8 is not three numbers",
+        ),
+        (
+            lambda lines: [*lines, *lines],
+            "line 9351: a second header: the file holds the densities of several ionic steps",
+        ),
     ],
 )
 def test_bad_files_give_one_line_errors(tmp_path, edit, message):
     path = write_lines(tmp_path / "CHGCAR", edit(si8_lines()))
-    with pytest.raises(InputError, match=message) as error:
+    with pytest.raises(InputError, match=re.escape(message)) as error:
         read_density(path)
     assert str(path) in str(error.value)
     assert "\n" not in str(error.value)
@@ -200,3 +246,114 @@ def test_missing_directory_binary_and_broken_gzip_files(tmp_path):
     (tmp_path / "cut.gz").write_bytes(SI8.read_bytes()[:5000])
     with pytest.raises(InputError, match="broken gzip file"):
         read_density(tmp_path / "cut.gz")
+
+
+def test_corrupt_gzip_content_and_binary_files_give_one_line_errors(tmp_path):
+    compressed = bytearray(SI8.read_bytes())
+    compressed[24:28] = b"\xff" * 4  # an invalid deflate block: zlib.error in the earlier reader
+    (tmp_path / "corrupt.gz").write_bytes(bytes(compressed))
+    with pytest.raises(InputError, match="broken gzip file"):
+        read_density(tmp_path / "corrupt.gz")
+    header = gzip.decompress(SI8.read_bytes())[:700]
+    (tmp_path / "binary_grid").write_bytes(header + bytes(range(256)) * 40)
+    with pytest.raises(InputError, match=r"not a text file|non-numeric value"):
+        read_density(tmp_path / "binary_grid")
+
+
+def test_file_cut_inside_its_last_number_is_refused_wherever_cut(tmp_path):
+    """Cut the real Si8 file and ase's real CHG file at every byte of their last two values."""
+    chg = Path(ase_io.__file__).parent.parent / "test/testdata/vasp/Li/CHG"
+    for source in (gzip.decompress(SI8.read_bytes()), chg.read_bytes()):
+        end = len(source.rstrip())
+        start = source.rstrip().rindex(b" ", 0, source.rstrip().rindex(b" ") - 1)
+        for cut in range(start, end):
+            path = tmp_path / "cut"
+            path.write_bytes(source[:cut])
+            try:
+                _, density = read_density(path)
+            except InputError as error:
+                assert re.search(
+                    "cut inside a number|values where the grid|non-numeric", str(error)
+                )
+            else:  # only a cut between numbers may read, and then reads the same values
+                assert source[cut : cut + 1].isspace() or cut == end
+                assert np.array_equal(density, read_density(io_path(tmp_path, source))[1])
+
+
+def io_path(folder, content):
+    path = folder / "whole"
+    path.write_bytes(content)
+    return path
+
+
+def test_chg_file_of_several_ionic_steps_is_refused(tmp_path):
+    chg = (Path(ase_io.__file__).parent.parent / "test/testdata/vasp/Li/CHG").read_bytes()
+    (tmp_path / "CHG").write_bytes(chg + chg)
+    with pytest.raises(InputError, match=r"line 112: a second header: .* several ionic steps"):
+        read_density(tmp_path / "CHG")
+
+
+def test_species_must_match_the_names_of_a_vasp5_file():
+    atoms, _ = read_density(SI8, species=["Si"])
+    assert atoms.get_chemical_formula() == "Si8"
+    with pytest.raises(InputError, match="names its species") as error:
+        read_density(DATA / "sisl-files_NO_polarized_CHGCAR.gz", species=["O", "N"])
+    assert error.value.parameter == "species"
+
+
+def test_vasp4_species_count_and_names_are_checked(tmp_path):
+    lines = si8_lines()
+    path = write_lines(tmp_path / "CHGCAR", lines[:5] + lines[6:])
+    with pytest.raises(InputError, match="1 species counts, but 2 names given") as error:
+        read_density(path, species=["Si", "O"])
+    assert error.value.parameter == "species"
+    with pytest.raises(InputError, match="'Qq' is not an element"):
+        read_density(path, species=["Qq"])
+
+
+def test_large_header_of_20000_atoms_reads(tmp_path):
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((25, 10, 10))
+    assert len(atoms) == 20_000
+    grid = np.linspace(0.01, 0.02, 4 * 4 * 4).reshape(4, 4, 4)
+    path = tmp_path / "CHGCAR"
+    write_chgcar(path, atoms, grid)
+    assert path.stat().st_size > 1 << 20  # the earlier reader stopped at 1 MiB of header
+    assert len(read_structure(path)) == 20_000
+    again, density = read_density(path)
+    assert np.allclose(again.positions, atoms.positions, atol=1e-8)
+    assert np.allclose(density, grid, rtol=1e-10)
+
+
+def test_poscar_and_contcar_are_not_volumetric(tmp_path):
+    atoms, _ = read_density(SI8)
+    atoms.set_momenta(np.full((len(atoms), 3), 0.01))
+    ase_io.write(tmp_path / "CONTCAR", atoms, format="vasp", direct=True)
+    assert "0.0" in (tmp_path / "CONTCAR").read_text().split("\n\n")[-1]  # a velocity block
+    with pytest.raises(NotVolumetricError, match="no grid line 'NX NY NZ' after the atomic"):
+        read_structure(tmp_path / "CONTCAR")
+
+
+@pytest.mark.parametrize("name", ["CHGCAR", "CHGCAR.gz"])
+def test_written_header_drops_velocities_and_gz_compresses(tmp_path, name):
+    from pymatgen.io.vasp import Chgcar
+
+    atoms, density = read_density(DATA / "pawpyseed_Ga4_CHGCAR.gz")
+    rng = np.random.default_rng(0)
+    atoms.set_momenta(rng.normal(size=(len(atoms), 3)))  # a CONTCAR of an MD run
+    ase_io.write(tmp_path / "CONTCAR", atoms, format="vasp", direct=True)
+    contcar = ase_io.read(tmp_path / "CONTCAR", format="vasp")
+    assert np.allclose(contcar.get_velocities(), atoms.get_velocities(), rtol=1e-6)
+    path = tmp_path / name
+    write_chgcar(path, contcar, density)
+    assert (path.read_bytes()[:2] == b"\x1f\x8b") == name.endswith(".gz")
+    again_atoms, again = read_density(path)
+    assert np.allclose(again_atoms.positions, atoms.positions, atol=1e-6)
+    assert np.abs(again - density).max() <= 1e-9 * np.abs(density).max()
+    plain = tmp_path / "plain"
+    plain.write_bytes(
+        gzip.decompress(path.read_bytes()) if name.endswith(".gz") else path.read_bytes()
+    )
+    by_ase = VaspChargeDensity(str(plain))
+    assert np.allclose(by_ase.chg[-1], density, rtol=1e-9, atol=1e-12)
+    by_pymatgen = Chgcar.from_file(str(path))
+    assert np.allclose(by_pymatgen.data["total"] / atoms.get_volume(), density, rtol=1e-9)
