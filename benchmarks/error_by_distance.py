@@ -17,20 +17,17 @@ import itertools
 import sys
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from dpcharge.chgcar import read_density
-from dpcharge.predict import DensityModel
-from dpcharge.sampling import grid_points
+from dpcharge.grid import PeriodicImages, grid_points
+from dpcharge.inference import DeepDensity
 
 
 def nearest_nucleus_distance(atoms, shape: tuple[int, int, int]) -> np.ndarray:
     """Return the distance (Å) of every grid point to its nearest nucleus, images included."""
-    cell = atoms.cell.array
-    shifts = np.array(list(itertools.product((-1, 0, 1), repeat=3))) @ cell
-    images = (atoms.get_positions()[None] + shifts[:, None]).reshape(-1, 3)
-    points = grid_points(cell, shape, np.arange(np.prod(shape)))
-    distance, _ = cKDTree(images).query(points)
+    nuclei = PeriodicImages(atoms, reach=max(atoms.cell.lengths()))
+    points = grid_points(nuclei.cell, shape, np.arange(np.prod(shape)))
+    distance, _ = nuclei.tree.query(points)
     return distance.reshape(shape)
 
 
@@ -41,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--shells", type=float, nargs="+", default=[0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 100.0]
     )
-    parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads")
+    parser.add_argument("--threads", type=int, default=0, help="chunks evaluated at once")
     args = parser.parse_args(argv)
     atoms, reference = read_density(args.density)
-    prediction = DensityModel(args.model, threads=args.threads).predict_grid(atoms, reference.shape)
+    prediction = DeepDensity(args.model, workers=args.threads).predict_grid(atoms, reference.shape)
     distance = nearest_nucleus_distance(atoms, reference.shape)
     error = np.abs(prediction - reference)
     print(

@@ -142,12 +142,13 @@ def measure(kind: str, model: str, threads: int) -> dict:
     import numpy as np
 
     from dpcharge.chgcar import read_density
-    from dpcharge.predict import DensityModel
-    from dpcharge.sampling import grid_points, keep_away_from_atoms
+    from dpcharge.conventions import MIN_DISTANCE
+    from dpcharge.grid import PeriodicImages, grid_points
+    from dpcharge.inference import DeepDensity
 
     atoms, density = read_density(SI64)
     if kind == "engine":
-        engine = DensityModel(model, threads=threads)
+        engine = DeepDensity(model, workers=threads)
         start = time.perf_counter()
         engine.predict_grid(atoms, density.shape)
         return {"points": density.size, "seconds": time.perf_counter() - start}
@@ -158,8 +159,8 @@ def measure(kind: str, model: str, threads: int) -> dict:
         deeppot = DeepPot(model)
         cell = atoms.get_cell().array
         index = np.arange(DEEPPOT_POINTS[chunk])
-        points = keep_away_from_atoms(
-            grid_points(cell, density.shape, index), atoms.positions, cell
+        points = PeriodicImages(atoms, MIN_DISTANCE).push_out_of_nuclei(
+            grid_points(cell, density.shape, index)
         )
         types = np.r_[np.zeros(len(atoms), int), np.ones(chunk, int)]
         start = time.perf_counter()

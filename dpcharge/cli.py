@@ -1,42 +1,98 @@
-"""The ``dpcharge`` command line: argument parsing and the user-facing messages.
+"""The ``dpcharge`` command line: argument parsing, messages, progress and exit status.
 
 Each subcommand has a ``_add_<name>`` function that declares its options and a
-``_run_<name>`` function that does the work through the package's modules. A
-user's mistake (`InputError`) ends in a one-line message and exit status 2.
+``_run_<name>`` function that does the work through the library. The parser is
+built without importing TensorFlow, DeePMD-kit or matplotlib, so ``--help``
+answers at once. A user's mistake (`InputError`) ends in a one-line message that
+names the flag at fault and exit status 2, with no output written; any other
+failure is a bug and keeps its traceback (exit status 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from tqdm import tqdm
-
 from dpcharge import __version__
+from dpcharge.conventions import (
+    CHUNK,
+    COMPONENTS,
+    GRID_TYPE,
+    POINTS,
+    POINTS_PER_FRAME,
+    SPACING,
+    THRESHOLDS,
+)
 from dpcharge.errors import InputError
+
+FLAGS = {
+    "chunk": "--chunk",
+    "electrons": "--nelect",
+    "frames": "--frames",
+    "json": "--json",
+    "npy": "--npy",
+    "output": "-o/--output",
+    "plots": "--plots",
+    "points": "--points",
+    "points_per_frame": "--points-per-frame",
+    "seed": "--seed",
+    "shape": "--grid",
+    "spacing": "--spacing",
+    "species": "--species",
+    "thresholds": "--thresholds",
+    "type_map": "--type-map",
+    "validation": "--validation",
+    "workers": "--threads",
+}
+"""The flag that sets each library parameter named in an `InputError`."""
+
+HINTS = {
+    "points": "choose fewer with --points, or every point once with --all-points",
+    "species": "name the elements of VASP 4 files with --species, in the file's order",
+    "frames": "choose frames with --frames (e.g. 0, -1, or : for all)",
+}
+"""What to do about a refused parameter, added to its message."""
+
+BYTES_PER_POINT = 24
+"""Memory per grid point of a prediction (float64 density, a copy to scale or write, slack)."""
+
+TENSORFLOW_BYTES = 1 << 30
+"""Memory of TensorFlow with a loaded model, roughly."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``dpcharge`` command line; return the exit status."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
         args.run(args)
     except InputError as error:
         from dpcharge.parallel import launched_rank
 
         if launched_rank() == 0:  # under MPI every rank fails alike: one message
-            print(f"dpcharge: error: {error}", file=sys.stderr)
+            print(f"dpcharge: error: {_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dpcharge: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a reader that stopped (head, less)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
+
+
+def _message(error: InputError) -> str:
+    """Speak of the flag that set the refused parameter, with a hint where one helps."""
+    flag = FLAGS.get(error.parameter or "")
+    if flag is None:
+        return str(error)
+    hint = HINTS.get(error.parameter or "")
+    return f"{flag}: {error.message}" + (f" ({hint})" if hint else "")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,27 +118,30 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
         "gzip) into deepmd/npy systems: every frame holds all real atoms plus grid "
         "points as atoms of a virtual type, labelled atom_ener = density in e/Å^3 "
         "(0 for real atoms). One system per file, in DIR/<name>, or DIR/train/<name> "
-        "and DIR/valid/<name> with --validation.",
+        "and DIR/valid/<name> with --validation. Train on it with "
+        "`dp --tf train --skip-neighbor-stat input.json` (templates in input_templates/).",
     )
     parser.add_argument("files", nargs="+", metavar="CHGCAR", help="density files to convert")
     parser.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        metavar="DIR",
-        help="output folder (must not exist)",
+        "-o", "--output", required=True, metavar="DIR", help="output folder (must not exist)"
     )
     parser.add_argument(
         "--type-map",
         nargs="+",
         metavar="ELEMENT",
         help="real elements in the order of the model's type map (the grid-point type is "
-        "appended last); default: the elements of all files in order of appearance. "
-        "For VASP 4 files, which name no elements, the file's species in order",
+        "appended last); default: the elements of all files in order of appearance",
+    )
+    parser.add_argument(
+        "--species",
+        nargs="+",
+        metavar="ELEMENT",
+        help="element names of VASP 4 files, which name none, in the order of the file's "
+        "species counts (every VASP 4 file of the call must have these species)",
     )
     parser.add_argument(
         "--virtual-type",
-        default="X",
+        default=GRID_TYPE,
         metavar="NAME",
         help="name of the grid-point type, which must be no element of the structures "
         "(default: %(default)s)",
@@ -90,14 +149,14 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--points",
         type=int,
-        default=100_000,
+        default=POINTS,
         help="random grid points per file, drawn without replacement (default: %(default)s, "
         "as in the paper)",
     )
     parser.add_argument(
         "--points-per-frame",
         type=int,
-        default=200,
+        default=POINTS_PER_FRAME,
         metavar="N",
         help="grid points per frame (default: %(default)s)",
     )
@@ -105,7 +164,8 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
         "--seed",
         type=int,
         default=0,
-        help="random seed: same seed, same output (default: 0)",
+        help="random seed, 0 or more: the same seed gives the same bytes; each file of the "
+        "call draws its own points from (seed, its position in the call) (default: 0)",
     )
     parser.add_argument(
         "--all-points",
@@ -123,66 +183,64 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--component",
-        choices=("total", "magnetization", "mx", "my", "mz"),
+        choices=COMPONENTS,
         default="total",
         help="density to learn: total (default), or the magnetisation of a spin-polarized "
         "(magnetization) or non-collinear (mx, my, mz) file",
     )
     parser.add_argument(
-        "--force", action="store_true", help="replace the output folder if it exists"
+        "--force",
+        action="store_true",
+        help="replace the output folder if dpcharge wrote it (it holds dpcharge.json); "
+        "other folders are never replaced",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     parser.set_defaults(run=_run_convert)
 
 
 def _run_convert(args: argparse.Namespace) -> None:
+    import json
+
     import dpdata
 
     from dpcharge.chgcar import read_structure
+    from dpcharge.conventions import TypeMap
+    from dpcharge.output import MARKER, check_output_folder, staged_folder, write_atomically
 
-    output = Path(args.output)
-    if output.exists() and not args.force:
-        raise InputError(f"{output}: already exists; use --force to replace it")
+    output = check_output_folder(args.output, replace=args.force)
+    for path in args.files:
+        if output.resolve() in Path(path).resolve().parents:
+            raise InputError(f"{path} lies inside the output folder {output}", "output")
     if not 0 <= args.validation < 1:
-        raise InputError(f"--validation must be in [0, 1), got {args.validation}")
+        raise InputError(f"must be in [0, 1), got {args.validation}", "validation")
     if args.all_points and args.validation:
         raise InputError("--all-points writes whole grids for testing: drop --validation")
-    elements = args.type_map
-    if elements is None:
-        elements = []
-        for path in args.files:
-            symbols = read_structure(path).get_chemical_symbols()
-            elements += [s for s in dict.fromkeys(symbols) if s not in elements]
-    type_map = [*elements, args.virtual_type]
-    names = _system_names(args.files)
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
-    staging.chmod(0o755)
-    try:
-        progress = tqdm(
-            list(zip(args.files, names, strict=True)),
-            desc="convert",
-            unit="file",
-            disable=args.quiet or not sys.stderr.isatty(),
+    if args.type_map is None:
+        structures = [read_structure(path, args.species) for path in args.files]
+        type_map = TypeMap.of_structures(
+            [atoms.get_chemical_symbols() for atoms in structures], args.virtual_type
         )
-        for path, name in progress:
+    else:
+        type_map = TypeMap(tuple(args.type_map), args.virtual_type)
+    names = _system_names(args.files)
+    with staged_folder(output) as staging:
+        for number, (path, name) in enumerate(zip(args.files, names, strict=True)):
             system = dpdata.System(
                 path,
                 fmt="vasp/chgcar",
-                type_map=type_map,
+                type_map=list(type_map.names),
                 points=args.points,
                 points_per_frame=args.points_per_frame,
-                seed=args.seed,
+                seed=(args.seed, number),
                 all_points=args.all_points,
-                virtual_type=args.virtual_type,
                 component=args.component,
+                species=args.species,
             )
             frames = system.get_nframes()
             valid = round(frames * args.validation)
             if args.validation and not 0 < valid < frames:
                 raise InputError(
-                    f"{path}: {frames} frames cannot be split with --validation {args.validation}"
+                    f"{path}: {frames} frames cannot be split with {args.validation}", "validation"
                 )
             parts = {name: system}
             if args.validation:
@@ -194,20 +252,33 @@ def _run_convert(args: argparse.Namespace) -> None:
                 part.to("deepmd/npy", staging / folder)
                 if not args.quiet:
                     _report_system(path, output / folder, part)
-        _replace_folder(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        record = {
+            "dpcharge": __version__,
+            "command": "convert",
+            "files": [str(path) for path in args.files],
+            "systems": names,
+            "type_map": list(type_map.names),
+            "component": args.component,
+            "points": "all" if args.all_points else args.points,
+            "points_per_frame": args.points_per_frame,
+            "seed": args.seed,
+            "validation": args.validation,
+            "units": {"atom_ener": "e/Å^3", "coord": "Å"},
+        }
+        write_atomically(staging / MARKER, lambda s: json.dump(record, s, indent=1))
 
 
 def _report_system(path: str, folder: Path, system: object) -> None:
     """Print one line on a written system: frames, atoms, grid points, density range."""
+    from dpcharge.conventions import LABEL
+
     data = system.data  # type: ignore[attr-defined]
     real = sum(data["atom_numbs"][:-1])
-    density = data["atom_ener"][:, real:]
-    tqdm.write(
+    density = data[LABEL][:, real:]
+    print(
         f"{path} -> {folder}: {len(density)} frames of {real} atoms + {density.shape[1]} "
-        f"grid points, density {density.min():.4g} to {density.max():.4g} e/Å^3"
+        f"grid points, density {density.min():.4g} to {density.max():.4g} e/Å^3",
+        flush=True,
     )
 
 
@@ -223,20 +294,7 @@ def _system_names(files: Sequence[str]) -> list[str]:
     return names
 
 
-def _replace_folder(new: Path, target: Path) -> None:
-    """Move a finished folder into place, replacing an old one only at the end."""
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
-        os.replace(target, old / target.name)
-        os.replace(new, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(new, target)
-
-
 def _add_reassemble(commands: argparse._SubParsersAction) -> None:
-    from dpcharge.predict import DEFAULT_SPACING
-
     parser = commands.add_parser(
         "reassemble",
         help="predict the density of a structure on a whole grid (CHGCAR or cube)",
@@ -245,6 +303,11 @@ def _add_reassemble(commands: argparse._SubParsersAction) -> None:
         "(rho·V_cell, VASP layout, the structure as header) or a Gaussian cube file. "
         "Grid points are evaluated in chunks with a neighbour list of real atoms only, "
         "so the time grows linearly with the grid size.",
+        epilog="Default grid: the input's own grid when STRUCTURE is a CHGCAR, otherwise "
+        f"--spacing {SPACING} Å. The grid used, the memory it needs and the integral of the "
+        "density (before and after any rescaling) are always printed. With several frames "
+        "(--frames), each is written to its own file: OUTPUT with _<n> before its "
+        "extension, n counting the chosen frames from 0.",
     )
     parser.add_argument("model", metavar="MODEL", help="frozen density model (dp --tf freeze)")
     parser.add_argument(
@@ -253,17 +316,24 @@ def _add_reassemble(commands: argparse._SubParsersAction) -> None:
         help="the structure: POSCAR/CONTCAR, CHGCAR (plain or gzip), extxyz, cif or any "
         "other file ase reads; needs a 3-d cell",
     )
-    parser.add_argument("-o", "--output", required=True, metavar="FILE", help="output file")
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="FILE", help="output file (must not exist)"
+    )
     parser.add_argument(
         "--format",
         choices=("chgcar", "cube"),
         default="chgcar",
-        help="output format: VASP CHGCAR (default) or Gaussian cube (e/bohr^3)",
+        help="output format: VASP CHGCAR (default; gzip-compressed when FILE ends in .gz) "
+        "or Gaussian cube (e/bohr^3)",
     )
     parser.add_argument(
-        "--npy",
-        metavar="FILE",
-        help="also save the density as a numpy array (NX, NY, NZ) in e/Å^3",
+        "--npy", metavar="FILE", help="also save the density as a numpy array (NX, NY, NZ) in e/Å^3"
+    )
+    parser.add_argument(
+        "--frames",
+        metavar="INDEX",
+        help="frames of a trajectory file to predict, in ase's index syntax: 0, -1, 10:20, "
+        ": for all (required when STRUCTURE holds several)",
     )
     grid = parser.add_mutually_exclusive_group()
     grid.add_argument(
@@ -294,115 +364,257 @@ def _add_reassemble(commands: argparse._SubParsersAction) -> None:
         help="rescale the density to the electron count of the reference density (the "
         "input CHGCAR or the --like file)",
     )
-    _add_prediction_options(parser)
-    parser.epilog = (
-        "Default grid: the input's own grid when STRUCTURE is a CHGCAR, otherwise "
-        f"--spacing {DEFAULT_SPACING} Å. The grid used and the integral of the density "
-        "(before and after any rescaling) are always printed."
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace existing output files (never an input), and predict grids larger "
+        "than the free memory",
     )
+    _add_prediction_options(parser)
     parser.set_defaults(run=_run_reassemble)
 
 
 def _add_prediction_options(parser: argparse.ArgumentParser) -> None:
     """Declare the options of whole-grid prediction shared by reassemble and test."""
-    from dpcharge.predict import DEFAULT_CHUNK
-
     parser.add_argument(
         "--chunk",
         type=int,
-        default=DEFAULT_CHUNK,
+        default=CHUNK,
         metavar="N",
-        help="grid points per model evaluation; bounds the memory (default: %(default)s)",
+        help="grid points per model evaluation; bounds the memory. The same chunk gives the "
+        "same bytes; another changes the density by float round-off (default: %(default)s)",
     )
     parser.add_argument(
         "--threads",
         type=int,
         default=0,
         metavar="N",
-        help="TensorFlow intra- and inter-op threads (default: 0, TensorFlow's choice)",
+        help="chunks evaluated at once, one thread each (default: 0, one per core); the "
+        "density does not depend on it",
     )
 
 
 def _run_reassemble(args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from dpcharge import parallel, predict
+    from dpcharge import parallel
     from dpcharge.chgcar import read_density, write_chgcar, write_cube
-    from dpcharge.metrics import electron_count
+    from dpcharge.grid import check_cell, choose_grid
+    from dpcharge.inference import check_chunk, check_workers
+    from dpcharge.metrics import electron_count, rescale_to_electrons
+    from dpcharge.output import check_output, write_npy
+    from dpcharge.structures import read_structures
 
-    _check_prediction_options(args)
+    check_chunk(args.chunk)
+    check_workers(args.threads)
     comm = parallel.world()
-    for path in (args.output, args.npy):
-        if path is not None and not Path(path).resolve().parent.is_dir():
-            raise InputError(f"{path}: the folder does not exist")
-    atoms, reference = predict.read_structure_or_density(args.structure)
-    cell = predict.check_cell(atoms)
-    if args.grid is not None:
-        shape, source = predict.check_grid_shape(args.grid), "--grid"
-    elif args.spacing is not None:
-        shape, source = predict.grid_for_spacing(cell, args.spacing), f"--spacing {args.spacing} Å"
-    elif args.like is not None:
+    root = parallel.is_root(comm)
+    structures, reference = read_structures(args.structure, args.frames)
+    inputs = [args.model, args.structure, *([args.like] if args.like else [])]
+    outputs = [
+        (_frame_path(args.output, n, len(structures)), _frame_path(args.npy, n, len(structures)))
+        for n in range(len(structures))
+    ]
+    for output, npy in outputs:  # on every rank, so that all refuse alike
+        for path, parameter in ((output, "output"), (npy, "npy")):
+            if path is not None:
+                check_output(path, inputs, replace=args.force, parameter=parameter)
+    if args.like is not None:
         like_atoms, reference = read_density(args.like)
-        if not np.allclose(like_atoms.get_cell().array, cell, atol=1e-4):
-            raise InputError(f"{args.like}: its cell differs from the structure's")
-        shape, source = reference.shape, f"--like {args.like}"
-    elif reference is not None:
-        shape, source = reference.shape, f"the grid of {args.structure}"
-    else:
-        spacing = predict.DEFAULT_SPACING
-        shape, source = predict.grid_for_spacing(cell, spacing), f"default spacing {spacing} Å"
     if args.normalize and reference is None:
         raise InputError(
             "--normalize needs a reference density (STRUCTURE a CHGCAR, or --like); "
             "give --nelect N instead"
         )
-    model = predict.DensityModel(args.model, threads=args.threads)
-    spacings = np.linalg.norm(cell, axis=1) / shape
-    if parallel.is_root(comm):
-        print(
-            f"grid {shape[0]} x {shape[1]} x {shape[2]} = {np.prod(shape):,} points "
-            f"(spacing {spacings[0]:.3f} {spacings[1]:.3f} {spacings[2]:.3f} Å) from {source}"
-            + (f" on {comm.Get_size()} MPI ranks" if comm is not None else "")
+    if args.nelect is not None and not 0 < args.nelect < float("inf"):
+        raise InputError(f"must be a positive number of electrons, got {args.nelect}", "electrons")
+    grids = []
+    for atoms in structures:
+        cell = check_cell(atoms)
+        if args.like is not None and not _same_cell(like_atoms.cell.array, cell):
+            raise InputError(f"{args.like}: its cell differs from the structure's")
+        grids.append(
+            choose_grid(
+                cell,
+                shape=args.grid,
+                spacing=args.spacing,
+                reference_shape=None if reference is None else reference.shape,
+            )
         )
-    progress = sys.stderr.isatty()
-    if comm is None:
-        density = model.predict_grid(atoms, shape, args.chunk, progress=progress)
-    else:
-        density = parallel.predict_grid(model, atoms, shape, args.chunk, comm, progress=progress)
-        if density is None:  # not rank 0: rank 0 prints and writes
+    _check_memory(max(_points(shape) for shape, _ in grids), args.force)
+    with _quiet_tensorflow():
+        from dpcharge.inference import DeepDensity
+
+        model = DeepDensity(args.model, workers=args.threads or parallel.workers_per_rank(comm))
+    sources = {
+        "shape": "--grid",
+        "spacing": f"--spacing {args.spacing} Å",
+        "reference": f"--like {args.like}" if args.like else f"the grid of {args.structure}",
+        "default": f"default spacing {SPACING} Å",
+    }
+    for n, (atoms, (shape, source), (output, npy)) in enumerate(
+        zip(structures, grids, outputs, strict=True)
+    ):
+        spacings = [
+            length / count for length, count in zip(atoms.cell.lengths(), shape, strict=True)
+        ]
+        if root:
+            print(
+                f"{'' if len(structures) == 1 else f'frame {n}: '}grid {shape[0]} x {shape[1]} x "
+                f"{shape[2]} = {_points(shape):,} points (spacing "
+                f"{' '.join(f'{s:.3f}' for s in spacings)} Å) from {sources[source]}"
+                + (f" on {comm.Get_size()} MPI ranks" if comm is not None else ""),
+                flush=True,
+            )
+        with _Progress(_points(shape) if root else 0) as progress:
+            if comm is None:
+                density = model.predict_grid(atoms, shape, args.chunk, progress)
+            else:
+                density = parallel.predict_grid(model, atoms, shape, args.chunk, comm, progress)
+        if not root:
+            continue
+        volume = atoms.get_volume()
+        print(f"predicted density integrates to {electron_count(density, volume):.4f} e")
+        target = electron_count(reference, volume) if args.normalize else args.nelect
+        if target is not None:
+            density = rescale_to_electrons(density, volume, target)
+            print(f"rescaled to {electron_count(density, volume):.4f} e")
+        write = write_cube if args.format == "cube" else write_chgcar
+        write(output, atoms, density)
+        units = "cube, e/bohr^3" if args.format == "cube" else "CHGCAR, rho·V_cell"
+        print(f"wrote {output} ({units})", flush=True)
+        if npy is not None:
+            write_npy(npy, density)
+            print(f"wrote {npy} (numpy array {shape}, e/Å^3)", flush=True)
+
+
+def _frame_path(path: str | None, number: int, frames: int) -> str | None:
+    """Return the output file of one frame: ``_<number>`` before the extension when several."""
+    if path is None or frames == 1:
+        return path
+    name = Path(path).name
+    stem, dot, extension = name.partition(".")
+    return str(Path(path).with_name(f"{stem}_{number}{dot}{extension}"))
+
+
+def _same_cell(cell_a: object, cell_b: object) -> bool:
+    """Whether two cells agree to 1e-4 Å."""
+    import numpy as np
+
+    return bool(np.allclose(cell_a, cell_b, atol=1e-4))
+
+
+def _points(shape: Sequence[int]) -> int:
+    """Return the number of points of a grid."""
+    nx, ny, nz = shape
+    return int(nx) * int(ny) * int(nz)
+
+
+def _check_memory(points: int, force: bool) -> None:
+    """Say how much memory the grid needs; refuse more than is free unless forced."""
+    needed = points * BYTES_PER_POINT + TENSORFLOW_BYTES
+    free = _available_memory()
+    if free is not None and needed > free and not force:
+        raise InputError(
+            f"a grid of {points:,} points needs about {needed / 2**30:.1f} GiB of memory but "
+            f"{free / 2**30:.1f} GiB are free: choose a coarser grid (--spacing, --grid) or "
+            "--force"
+        )
+
+
+def _available_memory() -> int | None:
+    """Return the memory available to new work in bytes (Linux), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class _Progress:
+    """Progress of a prediction on standard error: a bar on a terminal, lines in a log.
+
+    Outside a terminal (a batch job's log), a line every 10 % or 60 s gives the
+    points done, the rate and the time left. Nothing is shown for fewer than
+    `_Progress.QUIET_BELOW` points.
+    """
+
+    QUIET_BELOW = 200_000
+    LOG_EVERY = 60.0
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self.start = self.last_time = time.monotonic()
+        self.last_tenth = 0
+        self.bar = None
+        self.enabled = total >= self.QUIET_BELOW
+        if self.enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="predict", unit="point", unit_scale=True)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __call__(self, points: int) -> None:
+        self.done += points
+        if self.bar is not None:
+            self.bar.update(points)
             return
-    volume = atoms.get_volume()
-    print(f"predicted density integrates to {electron_count(density, volume):.4f} e")
-    target = electron_count(reference, volume) if args.normalize else args.nelect
-    if target is not None:
-        density = predict.rescale_to_electrons(density, volume, target)
-        print(f"rescaled to {electron_count(density, volume):.4f} e")
-    write = write_cube if args.format == "cube" else write_chgcar
-    write(args.output, atoms, density)
-    units = "cube, e/bohr^3" if args.format == "cube" else "CHGCAR, rho·V_cell"
-    print(f"wrote {args.output} ({units})")
-    if args.npy is not None:
-        predict.write_npy(args.npy, density)
-        print(f"wrote {args.npy} (numpy array {shape}, e/Å^3)")
+        now = time.monotonic()
+        tenth = 10 * self.done // self.total if self.total else 10
+        if self.enabled and (tenth > self.last_tenth or now - self.last_time > self.LOG_EVERY):
+            self.last_tenth, self.last_time = tenth, now
+            rate = self.done / max(now - self.start, 1e-9)
+            print(
+                f"predict: {100 * self.done / self.total:.0f} % ({self.done:,} of "
+                f"{self.total:,} points, {rate:,.0f} points/s, about "
+                f"{(self.total - self.done) / rate:.0f} s left)",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
-def _check_prediction_options(args: argparse.Namespace) -> None:
-    """Refuse bad --chunk and --threads before any slow work."""
-    if args.chunk < 1:
-        raise InputError(f"--chunk must be positive, got {args.chunk}")
-    if args.threads < 0:
-        raise InputError(f"--threads must be 0 (TensorFlow's choice) or more, got {args.threads}")
+@contextmanager
+def _quiet_tensorflow() -> Iterator[None]:
+    """Hide TensorFlow's load-time notices on standard error, and its unload notices at exit.
+
+    The CPU builds print oneDNN and missing-CUDA notices when loaded and again
+    when unloaded at exit; harmless, they would bury dpcharge's own messages. A
+    traceback of a crash is printed before the exit handler runs, so it stays.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    atexit.unregister(_silence_standard_error)
+    atexit.register(_silence_standard_error)
+
+
+def _silence_standard_error() -> None:
+    """Send file descriptor 2 to /dev/null (at exit, for TensorFlow's unload notices)."""
+    sys.stderr.flush()
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
 
 
 def _add_test(commands: argparse._SubParsersAction) -> None:
-    from dpcharge.plots import DEFAULT_THRESHOLDS
-
     parser = commands.add_parser(
         "test",
         help="judge a model against DFT densities on their whole grids",
         description="Predict every grid point of each reference density (CHGCAR, plain or "
         "gzip) and print, per file and over all files: MAE and RMSE (e/Å^3), NMAE = "
-        "sum|error| / sum|rho| (%%), R², the largest absolute error (e/Å^3) and the "
+        "sum|error| / sum|rho| (%), R², the largest absolute error (e/Å^3) and the "
         "electron counts (e) of prediction and reference.",
     )
     parser.add_argument("model", metavar="MODEL", help="frozen density model (dp --tf freeze)")
@@ -411,16 +623,20 @@ def _add_test(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--plots",
         metavar="DIR",
-        help="write PNG figures per file: parity plot, error histogram, slice, line",
+        help="write PNG figures per file into DIR (created if missing): parity plot, error "
+        "histogram, slice, line",
     )
     parser.add_argument(
         "--thresholds",
         nargs="+",
         type=float,
-        default=DEFAULT_THRESHOLDS,
+        default=THRESHOLDS,
         metavar="E",
-        help="absolute errors (e/Å^3) whose fractions the error histogram reports "
+        help="absolute errors (e/Å^3, positive) whose fractions the error histogram reports "
         "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace existing --json and figure files"
     )
     _add_prediction_options(parser)
     parser.set_defaults(run=_run_test)
@@ -429,31 +645,49 @@ def _add_test(commands: argparse._SubParsersAction) -> None:
 def _run_test(args: argparse.Namespace) -> None:
     import json
 
-    from dpcharge import predict
-    from dpcharge.chgcar import read_density, write_atomically
+    from dpcharge.chgcar import read_density
+    from dpcharge.inference import check_chunk, check_workers
     from dpcharge.metrics import TABLE_HEADER, density_errors
-    from dpcharge.plots import write_figures
+    from dpcharge.output import check_output, probe_folder, write_atomically
 
-    _check_prediction_options(args)
-    for path in (args.json, args.plots):
-        if path is not None and not Path(path).resolve().parent.is_dir():
-            raise InputError(f"{path}: the folder does not exist")
+    check_chunk(args.chunk)
+    check_workers(args.threads)
+    if not all(0 < threshold < float("inf") for threshold in args.thresholds):
+        raise InputError(f"must be positive e/Å^3, got {args.thresholds}", "thresholds")
     names = _system_names(args.files)
-    model = predict.DensityModel(args.model, threads=args.threads)
-    print(TABLE_HEADER)
+    inputs = [args.model, *args.files]
+    if args.json is not None:
+        check_output(args.json, inputs, replace=args.force, parameter="json")
+    if args.plots is not None:
+        from dpcharge.plots import FIGURES
+
+        plots = Path(args.plots)
+        if plots.is_file():
+            raise InputError(f"{plots} is a file, not a folder", "plots")
+        if not plots.exists():
+            probe_folder(plots.resolve().parent, "plots")
+        for name in names if plots.exists() else ():
+            for figure in FIGURES:
+                check_output(plots / f"{name}_{figure}.png", inputs, args.force, "plots")
+    with _quiet_tensorflow():
+        from dpcharge.inference import DeepDensity
+
+        model = DeepDensity(args.model, workers=args.threads)
+    print(TABLE_HEADER, flush=True)
     references, predictions, volumes, report = [], [], [], {}
     for path, name in zip(args.files, names, strict=True):
         atoms, reference = read_density(path)
-        prediction = model.predict_grid(
-            atoms, reference.shape, args.chunk, progress=sys.stderr.isatty()
-        )
+        with _Progress(reference.size) as progress:
+            prediction = model.predict_grid(atoms, reference.shape, args.chunk, progress)
         errors = density_errors([reference], [prediction], [atoms.get_volume()])
         print(errors.row(name), flush=True)
-        report[name] = {"path": path, **errors.as_dict()}
+        report[name] = {"path": str(path), **errors.as_dict()}
         references.append(reference)
         predictions.append(prediction)
         volumes.append(atoms.get_volume())
         if args.plots is not None:
+            from dpcharge.plots import write_figures
+
             write_figures(args.plots, name, atoms, reference, prediction, args.thresholds)
     overall = density_errors(references, predictions, volumes)
     print(overall.row("overall"))
@@ -461,7 +695,7 @@ def _run_test(args: argparse.Namespace) -> None:
         print(f"figures: {args.plots}/<name>_{{parity,errors,slice,line}}.png")
     if args.json is not None:
         document = {
-            "model": args.model,
+            "model": str(args.model),
             "units": {"mae": "e/Å^3", "rmse": "e/Å^3", "max_error": "e/Å^3", "nmae": "%"},
             "files": report,
             "overall": overall.as_dict(),

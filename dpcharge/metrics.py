@@ -83,6 +83,33 @@ def electron_count(density: np.ndarray, volume: float) -> float:
     return float(np.mean(density) * volume)
 
 
+def rescale_to_electrons(density: np.ndarray, volume: float, electrons: float) -> np.ndarray:
+    """Scale a density so that it integrates to a number of electrons over the cell.
+
+    Parameters
+    ----------
+    density
+        Density in e/Å^3 on a grid spanning the cell.
+    volume
+        Cell volume in Å^3.
+    electrons
+        Target number of (valence) electrons, e.
+
+    Returns
+    -------
+    numpy.ndarray
+        The rescaled density in e/Å^3.
+    """
+    if not 0 < electrons < np.inf:
+        raise InputError(f"must be a positive number of electrons, got {electrons}", "electrons")
+    integral = electron_count(density, volume)
+    if not integral > 0:
+        raise InputError(
+            f"cannot rescale: the predicted density integrates to {integral:.6g} e", "electrons"
+        )
+    return density * (electrons / integral)
+
+
 def density_errors(
     references: list[np.ndarray], predictions: list[np.ndarray], volumes: list[float]
 ) -> DensityErrors:

@@ -2,10 +2,10 @@
 
 This module owns detecting an MPI launch, splitting a grid across ranks and
 gathering the density on rank 0. The grid is cut into the same global chunks of
-flat C-order indices as serial prediction (`DensityModel.predict_grid`), so every
-chunk is evaluated on exactly the same points whatever the number of ranks, and
-the output is byte-identical to the serial one. Each rank evaluates one
-contiguous block of chunks with its own TensorFlow session; rank 0 receives the
+flat C-order indices as serial prediction, and each rank runs the same chunk
+loop (`DeepDensity.predict_range`) over one contiguous block of chunks, so every
+chunk is evaluated on exactly the same points by one TensorFlow thread whatever
+the number of ranks: the output is byte-identical to the serial one; rank 0 receives the
 blocks straight into the output array, so no rank holds more than its share
 plus (rank 0) the output. ``mpi4py`` is optional (``pip install dpcharge[mpi]``)
 and is imported only when the process was started by an MPI launcher.
@@ -18,10 +18,10 @@ import os
 
 import numpy as np
 from ase import Atoms
-from tqdm import tqdm
 
 from dpcharge.errors import InputError
-from dpcharge.predict import DensityModel, RealAtoms, check_grid_shape
+from dpcharge.grid import check_grid_shape
+from dpcharge.inference import DeepDensity, Progress, check_chunk
 
 LAUNCHER_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 """Environment variables by which Open MPI, MPICH/Intel MPI (and srun's PMI) announce ranks."""
@@ -67,6 +67,12 @@ def world() -> object | None:
     return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
 
 
+def workers_per_rank(comm: object | None) -> int:
+    """Return the cores of this machine shared among the ranks of ``comm`` (at least 1)."""
+    ranks = 1 if comm is None else comm.Get_size()  # type: ignore[attr-defined]
+    return max(1, len(os.sched_getaffinity(0)) // ranks)
+
+
 def is_root(comm: object | None) -> bool:
     """Return True on the rank that prints and writes (rank 0, or a serial run)."""
     return comm is None or comm.Get_rank() == 0  # type: ignore[attr-defined]
@@ -97,12 +103,12 @@ def rank_block(size: int, chunk: int, ranks: int, rank: int) -> tuple[int, int]:
 
 
 def predict_grid(
-    model: DensityModel,
+    model: DeepDensity,
     atoms: Atoms,
     shape: tuple[int, int, int],
     chunk: int,
     comm: object,
-    progress: bool = False,
+    progress: Progress | None = None,
 ) -> np.ndarray | None:
     """Predict the density on a grid, split across the ranks of ``comm``.
 
@@ -119,7 +125,7 @@ def predict_grid(
     comm
         An ``mpi4py`` communicator.
     progress
-        Show rank 0's progress bar on standard error.
+        Told on rank 0 how many of its points each finished chunk held.
 
     Returns
     -------
@@ -129,13 +135,15 @@ def predict_grid(
     Raises
     ------
     InputError
-        On every rank when any rank failed (the first failure's message).
+        On every rank when any rank refused its input (the first refusal's message).
+    RuntimeError
+        On the ranks that did not crash when another rank crashed; the crashed
+        rank raises its own exception, traceback and all.
     """
     from mpi4py import MPI
 
     shape = check_grid_shape(shape)
-    if chunk < 1:
-        raise InputError(f"--chunk must be positive, got {chunk}")
+    chunk = check_chunk(chunk)
     ranks, rank = comm.Get_size(), comm.Get_rank()  # type: ignore[attr-defined]
     size = math.prod(shape)
     blocks = [rank_block(size, chunk, ranks, r) for r in range(ranks)]
@@ -143,27 +151,23 @@ def predict_grid(
     root = rank == 0
     density = np.empty(size) if root else None
     share = density[start:stop] if root else np.empty(stop - start)  # type: ignore[index]
-    failure = ""
+    refusal, crash = "", None
     try:
-        real = RealAtoms(atoms, model)
-        with tqdm(
-            total=stop - start,
-            desc=f"predict (rank 0 of {ranks})",
-            unit="point",
-            unit_scale=True,
-            disable=not (progress and root),
-        ) as bar:
-            for begin in range(start, stop, chunk):
-                end = min(begin + chunk, stop)
-                share[begin - start : end - start] = model.predict_indices(real, shape, begin, end)
-                bar.update(end - begin)
+        surroundings = model.surroundings(atoms)
+        model.predict_range(surroundings, shape, share, start, chunk, progress if root else None)
     except InputError as error:
-        failure = f"{error}"
+        refusal = str(error)
     except Exception as error:  # any rank's crash must end all ranks, not hang them
-        failure = f"rank {rank}: {type(error).__name__}: {error}"
-    failures = [message for message in comm.allgather(failure) if message]  # type: ignore[attr-defined]
-    if failures:
-        raise InputError(failures[0])
+        crash = error
+    reports = comm.allgather((refusal, None if crash is None else repr(crash)))  # type: ignore[attr-defined]
+    if crash is not None:
+        raise crash
+    crashed = [(r, report) for r, (_, report) in enumerate(reports) if report]
+    if crashed:
+        raise RuntimeError(f"rank {crashed[0][0]} crashed: {crashed[0][1]}")
+    refusals = [message for message, _ in reports if message]
+    if refusals:
+        raise InputError(refusals[0])
     counts = [b - a for a, b in blocks]
     offsets = [a for a, _ in blocks]
     if root:

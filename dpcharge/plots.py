@@ -19,14 +19,15 @@ from ase import Atoms
 from matplotlib.figure import Figure
 from scipy.ndimage import map_coordinates
 
-from dpcharge.chgcar import write_atomically
+from dpcharge.conventions import THRESHOLDS
 from dpcharge.metrics import density_errors
-
-DEFAULT_THRESHOLDS = (0.001, 0.005, 0.01, 0.05)
-"""Absolute errors (e/Å^3) whose fractions the error histogram reports."""
+from dpcharge.output import write_atomically
 
 PARITY_POINTS = 200_000
 """Most grid points drawn in a parity plot (a fixed random subset of larger grids)."""
+
+FIGURES = ("parity", "errors", "slice", "line")
+"""The figures written per structure, as ``<folder>/<name>_<figure>.png``."""
 
 _DPI = 150
 
@@ -37,7 +38,7 @@ def write_figures(
     atoms: Atoms,
     reference: np.ndarray,
     prediction: np.ndarray,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    thresholds: Sequence[float] = THRESHOLDS,
 ) -> list[Path]:
     """Write the four figures of one structure as ``folder/<name>_<figure>.png``.
 
@@ -61,16 +62,18 @@ def write_figures(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    figures = {
-        "parity": parity_figure(reference, prediction),
-        "errors": error_histogram(reference, prediction, thresholds),
-        "slice": slice_figure(atoms, reference, prediction),
-        "line": line_figure(atoms, reference, prediction),
-    }
+    figures = (
+        parity_figure(reference, prediction),
+        error_histogram(reference, prediction, thresholds),
+        slice_figure(atoms, reference, prediction),
+        line_figure(atoms, reference, prediction),
+    )
     paths = []
-    for kind, figure in figures.items():
+    for kind, figure in zip(FIGURES, figures, strict=True):
         path = folder / f"{name}_{kind}.png"
-        write_atomically(path, lambda stream, f=figure: f.savefig(stream.buffer, format="png"))
+        write_atomically(
+            path, lambda stream, f=figure: f.savefig(stream, format="png"), binary=True
+        )
         paths.append(path)
     return paths
 

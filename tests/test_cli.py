@@ -1,15 +1,21 @@
 """The dpcharge command line, run as a real subprocess."""
 
-import gzip
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import ase.io
 import dpdata
 import numpy as np
 import pytest
+from ase.calculators.vasp import VaspChargeDensity
+from ase.io.cube import read_cube_data
+from ase.units import Bohr
 
 from dpcharge.chgcar import read_density
+from dpcharge.inference import DeepDensity
+from dpcharge.metrics import density_errors, electron_count
 
 DATA = Path(__file__).parent / "data"
 SI8 = DATA / "CHGCAR_Si8_qe.gz"
@@ -104,7 +110,11 @@ def test_files_with_the_same_name_get_their_folder_name(tmp_path):
         "convert", "run1/CHGCAR", "run2/CHGCAR", "-o", "out", "--points", 400, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["run1_CHGCAR", "run2_CHGCAR"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "dpcharge.json",
+        "run1_CHGCAR",
+        "run2_CHGCAR",
+    ]
 
 
 def test_all_points_for_a_test_set(tmp_path):
@@ -114,51 +124,35 @@ def test_all_points_for_a_test_set(tmp_path):
     assert system.get_nframes() * 192 == 36**3
 
 
-def test_existing_output_is_refused_unless_forced(tmp_path):
+def test_force_replaces_only_a_folder_dpcharge_wrote(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep").write_text("x")
+    assert dpcharge("convert", SI8, "-o", out, "--points", 400, "--seed", 1).returncode == 0
+    record = json.loads((out / "dpcharge.json").read_text())
+    assert record["files"] == [str(SI8)] and record["seed"] == 1
+    assert record["type_map"] == ["Si", "X"]
     result = dpcharge("convert", SI8, "-o", out, "--points", 400)
     assert result.returncode == 2
-    assert "already exists; use --force" in result.stderr
-    assert (out / "keep").exists()
+    assert "already exists" in result.stderr
     result = dpcharge("convert", SI8, "-o", out, "--points", 400, "--force")
     assert result.returncode == 0, result.stderr
-    assert not (out / "keep").exists()
-    assert (out / "CHGCAR_Si8_qe/type.raw").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert json.loads((out / "dpcharge.json").read_text())["seed"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["missing_CHGCAR"], "missing_CHGCAR: no such file"),
-        (
-            [str(DATA / "vaspy_CoMonolayer_CHGCAR_spin"), "--points", "1000"],
-            "1000 points requested but the grid has only 96",
-        ),
-        ([str(SI8), "--validation", "1.5"], "--validation must be in [0, 1)"),
-        ([str(SI8), "--component", "magnetization", "--points", "400"], "not spin-polarized"),
-    ],
-)
-def test_user_mistakes_give_one_line_errors_and_no_output(tmp_path, args, message):
-    result = dpcharge("convert", *args, "-o", tmp_path / "out", cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.startswith("dpcharge: error: ")
-    assert message in result.stderr
-    assert result.stderr.count("\n") == 1
-    assert "Traceback" not in result.stderr
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_a_bad_file_after_good_ones_leaves_nothing_behind(tmp_path):
-    truncated = tmp_path / "CHGCAR_truncated"
-    lines = gzip.decompress(SI8.read_bytes()).decode().splitlines()
-    truncated.write_text("\n".join(lines[:5000]) + "\n")
-    result = dpcharge("convert", SI8, truncated, "-o", tmp_path / "out", "--points", 400)
-    assert result.returncode == 2
-    assert "CHGCAR_truncated: truncated or malformed grid block" in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["CHGCAR_truncated"]
+def test_each_file_of_a_call_draws_its_own_points(tmp_path):
+    copy = tmp_path / "copy" / "CHGCAR_Si8_qe.gz"
+    copy.parent.mkdir()
+    copy.write_bytes(SI8.read_bytes())
+    result = dpcharge("convert", SI8, copy, "-o", tmp_path / "out", "--points", 400, "-q")
+    assert result.returncode == 0, result.stderr
+    first, second = (
+        np.load(tmp_path / "out" / name / "set.000/coord.npy")
+        for name in ("data_CHGCAR_Si8_qe", "copy_CHGCAR_Si8_qe")
+    )
+    assert not np.array_equal(first, second)  # the same file, other points
+    again = dpcharge("convert", SI8, copy, "-o", tmp_path / "again", "--points", 400, "-q")
+    assert again.returncode == 0
+    assert files_of(tmp_path / "out") == files_of(tmp_path / "again")
 
 
 def test_help_explains_every_option():
@@ -175,9 +169,23 @@ def test_help_explains_every_option():
         "--component",
         "--force",
         "--quiet",
+        "--species",
+        "--skip-neighbor-stat",
     ):
         assert option in result.stdout
     assert "e/Å^3" in result.stdout
+
+
+def test_help_is_quick_and_loads_no_tensorflow_nor_matplotlib():
+    code = (
+        "import sys, dpcharge.cli\n"
+        "try:\n    dpcharge.cli.main(['test', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'matplotlib', "
+        "'deepmd', 'dpdata'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.splitlines()[-1] == "[]"
+    assert "(%)" in result.stdout and "%%" not in result.stdout
 
 
 def test_console_script_is_installed():
@@ -185,3 +193,109 @@ def test_console_script_is_installed():
     result = subprocess.run([script, "--version"], capture_output=True, text=True, check=False)
     assert result.returncode == 0
     assert result.stdout.startswith("dpcharge ")
+
+
+@pytest.fixture(scope="module")
+def frozen_model(density_model):
+    """The shared small density model (tests/conftest.py): its frozen graph."""
+    return density_model.model
+
+
+def test_reassemble_chgcar_round_trip_read_by_ase_and_pymatgen(frozen_model, tmp_path):
+    from pymatgen.io.vasp import Chgcar
+
+    out = tmp_path / "CHGCAR"
+    result = dpcharge("reassemble", frozen_model, SI8, "-o", out, "--npy", tmp_path / "rho.npy")
+    assert result.returncode == 0, result.stderr
+    assert "grid 36 x 36 x 36 = 46,656 points" in result.stdout
+    density = np.load(tmp_path / "rho.npy")
+    atoms, written = read_density(out)
+    np.testing.assert_allclose(written, density, rtol=1e-9, atol=1e-12)
+    dft_atoms = read_density(SI8)[0]
+    np.testing.assert_allclose(atoms.positions, dft_atoms.positions, atol=1e-8)
+    ase_chgcar = VaspChargeDensity(str(out))
+    assert ase_chgcar.atoms[-1].get_chemical_formula() == "Si8"
+    np.testing.assert_allclose(ase_chgcar.chg[-1], density, rtol=1e-9, atol=1e-12)
+    chgcar = Chgcar.from_file(str(out))
+    np.testing.assert_allclose(chgcar.data["total"] / chgcar.structure.volume, density, rtol=1e-9)
+    before = f"predicted density integrates to {electron_count(density, atoms.get_volume()):.4f} e"
+    assert before in result.stdout
+
+
+def test_reassemble_cube_round_trip_read_by_ase_and_pymatgen(frozen_model, tmp_path):
+    from pymatgen.io.common import VolumetricData
+
+    out = tmp_path / "rho.cube"
+    result = dpcharge(
+        "reassemble", frozen_model, SI8, "-o", out, "--format", "cube", "--grid", 12, 10, 8
+    )
+    assert result.returncode == 0, result.stderr
+    atoms = read_density(SI8)[0]
+    expected = DeepDensity(frozen_model).predict_grid(atoms, (12, 10, 8))
+    data, cube_atoms = read_cube_data(str(out))
+    np.testing.assert_allclose(data / Bohr**3, expected, rtol=1e-5)
+    np.testing.assert_allclose(cube_atoms.cell.array, atoms.cell.array, atol=1e-5)
+    assert VolumetricData.from_cube(str(out)).data["total"].shape == (12, 10, 8)
+
+
+def test_nelect_rescales_and_reports_both_integrals(frozen_model, tmp_path):
+    poscar = tmp_path / "POSCAR"
+    ase.io.write(poscar, read_density(SI8)[0], format="vasp")
+    out = tmp_path / "CHGCAR"
+    result = dpcharge("reassemble", frozen_model, poscar, "-o", out, "--nelect", 32)
+    assert result.returncode == 0, result.stderr
+    assert "grid 40 x 40 x 40" in result.stdout  # default spacing 0.15 Å: 5.43/0.15 -> 40
+    atoms, density = read_density(out)
+    assert electron_count(density, atoms.get_volume()) == pytest.approx(32, rel=1e-9)
+    assert "predicted density integrates to" in result.stdout
+    assert "rescaled to 32.0000 e" in result.stdout
+
+
+def test_normalize_takes_the_electrons_of_the_input_chgcar(frozen_model, tmp_path):
+    out = tmp_path / "CHGCAR"
+    result = dpcharge("reassemble", frozen_model, SI8, "-o", out, "--normalize")
+    assert result.returncode == 0, result.stderr
+    dft_atoms, dft = read_density(SI8)
+    atoms, density = read_density(out)
+    dft_electrons = electron_count(dft, dft_atoms.get_volume())
+    assert electron_count(density, atoms.get_volume()) == pytest.approx(dft_electrons, rel=1e-9)
+
+
+def test_like_takes_the_grid_and_electrons_of_a_reference_file(frozen_model, tmp_path):
+    poscar = tmp_path / "POSCAR"
+    ase.io.write(poscar, read_density(SI8)[0], format="vasp")
+    out = tmp_path / "CHGCAR"
+    result = dpcharge("reassemble", frozen_model, poscar, "-o", out, "--like", SI8, "--normalize")
+    assert result.returncode == 0, result.stderr
+    assert f"grid 36 x 36 x 36 = 46,656 points (spacing 0.151 0.151 0.151 Å) from --like {SI8}" in (
+        result.stdout
+    )
+    atoms, density = read_density(out)
+    assert density.shape == (36, 36, 36)
+    assert electron_count(density, atoms.get_volume()) == pytest.approx(32, abs=1e-3)
+
+
+def test_dpcharge_test_prints_writes_json_and_figures(frozen_model, tmp_path):
+    result = dpcharge(
+        "test", frozen_model, SI8, SI8, "--json", tmp_path / "m.json", "--plots", tmp_path / "f"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "m.json").read_text())
+    atoms, dft = read_density(SI8)
+    prediction = DeepDensity(frozen_model).predict_grid(atoms, dft.shape)
+    expected = density_errors([dft], [prediction], [atoms.get_volume()])
+    assert sorted(report["files"]) == ["000_data_CHGCAR_Si8_qe", "001_data_CHGCAR_Si8_qe"]
+    first = report["files"]["000_data_CHGCAR_Si8_qe"]
+    assert first["path"] == str(SI8)
+    assert first["mae"] == pytest.approx(expected.mae, rel=1e-12)
+    assert first["r2"] == pytest.approx(expected.r2, rel=1e-12)
+    assert first["electrons_reference"] == pytest.approx(32, abs=1e-3)
+    assert report["overall"]["points"] == 2 * 36**3
+    assert report["overall"]["electrons_reference"] == pytest.approx(64, abs=1e-3)
+    assert report["overall"]["nmae"] == pytest.approx(expected.nmae, rel=1e-12)
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:4]}
+    assert rows["000_data_CHGCAR_Si8_qe"] == expected.row("x").split()[1:]
+    assert rows["overall"][0] == str(2 * 36**3)
+    figures = sorted(p.name for p in (tmp_path / "f").iterdir())
+    assert len(figures) == 8  # 4 per file; the two copies have distinct names
+    assert all((tmp_path / "f" / name).read_bytes()[:4] == b"\x89PNG" for name in figures)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from dpcharge.chgcar import read_density
+from dpcharge.conventions import MIN_DISTANCE
 from dpcharge.errors import InputError
-from dpcharge.sampling import MIN_DISTANCE
 
 DATA = Path(__file__).parent / "data"
 SI8 = DATA / "CHGCAR_Si8_qe.gz"
@@ -79,12 +79,14 @@ def test_type_map_orders_real_elements_and_puts_the_grid_type_last(tmp_path):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"type_map": ["Mg", "X"]}, r"elements \['Si'\] are not in the type map"),
+        ({"type_map": ["Mg", "X"]}, "holds Si, which the type map does not know"),
         ({"type_map": ["X", "Si"]}, "the grid-point type 'Si' is also an element"),
         ({"type_map": ["Si", "Si", "X"]}, "names a type twice"),
         ({"virtual_type": "Si"}, "is also an element"),
+        ({"type_map": ["Si", "X"], "virtual_type": "Y"}, "must end with the grid-point type"),
         ({"points": 1000, "points_per_frame": 300}, "do not split into frames of 300"),
-        ({"points": 50000}, "50000 points requested but the grid has only 46656"),
+        ({"points": 50000}, "points: 50,000 requested but the grid has only 46,656 points"),
+        ({"seed": -1}, "seed: must be 0 or more"),
     ],
 )
 def test_bad_options_are_refused(options, message):

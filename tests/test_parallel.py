@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ase.build import bulk
 
 from dpcharge import parallel
 from dpcharge.errors import InputError
@@ -75,10 +76,13 @@ def test_mpirun_two_ranks_writes_the_serial_file_byte_for_byte(
     density_model, tmp_path, output_format
 ):
     grid = ("--grid", 20, 18, 15)  # 5,400 points: 18 chunks of 300, rank blocks of 9
-    options = (*grid, "--chunk", 300, "--threads", 1, "--format", output_format)
-    one = serial("reassemble", density_model.model, SI8, "-o", tmp_path / "serial", *options)
+    options = (*grid, "--chunk", 300, "--format", output_format)
+    # two threads in the serial run, one per rank under MPI: the same bytes all the same
+    one = serial("reassemble", density_model.model, SI8, "-o", tmp_path / "serial", *options,
+                 "--threads", 2)  # fmt: skip
     assert one.returncode == 0, one.stderr
-    two = mpirun(2, "reassemble", density_model.model, SI8, "-o", tmp_path / "mpi", *options)
+    two = mpirun(2, "reassemble", density_model.model, SI8, "-o", tmp_path / "mpi", *options,
+                 "--threads", 1)  # fmt: skip
     assert two.returncode == 0, two.stdout + two.stderr
     serial_bytes = (tmp_path / "serial").read_bytes()
     mpi_bytes = (tmp_path / "mpi").read_bytes()
@@ -95,7 +99,7 @@ def test_mpirun_two_ranks_writes_the_serial_file_byte_for_byte(
 @needs_mpi
 def test_mpirun_uneven_chunks_and_npy_match_serial(density_model, tmp_path):
     # 3 ranks, 5,400 points in chunks of 700: 8 chunks, the last one short
-    options = ("--grid", 20, 18, 15, "--chunk", 700, "--threads", 1)
+    options = ("--grid", 20, 18, 15, "--chunk", 700)
     one = serial("reassemble", density_model.model, SI8, "-o", tmp_path / "a", "--npy",
                  tmp_path / "a.npy", *options)  # fmt: skip
     assert one.returncode == 0, one.stderr
@@ -111,7 +115,10 @@ def test_mpirun_uneven_chunks_and_npy_match_serial(density_model, tmp_path):
 @needs_mpi
 @pytest.mark.parametrize(
     "structure, message",
-    [("missing.vasp", "missing.vasp: no such file"), (AL4, "holds Al, which the model does not")],
+    [
+        ("missing.vasp", "missing.vasp: no such file"),
+        (AL4, "holds Al, which the type map does not"),
+    ],
 )
 def test_mpirun_error_ends_all_ranks_with_one_message(density_model, tmp_path, structure, message):
     result = mpirun(2, "reassemble", density_model.model, structure, "-o", tmp_path / "out")
@@ -120,3 +127,45 @@ def test_mpirun_error_ends_all_ranks_with_one_message(density_model, tmp_path, s
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+class Rank:
+    """One rank of a two-rank job, seen through the calls `parallel.predict_grid` makes."""
+
+    def __init__(self, rank, other_report):
+        self.rank, self.other_report = rank, other_report
+
+    def Get_size(self):
+        return 2
+
+    def Get_rank(self):
+        return self.rank
+
+    def allgather(self, report):
+        return [report, self.other_report] if self.rank == 0 else [self.other_report, report]
+
+
+class CrashingModel:
+    def surroundings(self, atoms):
+        return None
+
+    def predict_range(self, *args):
+        raise ZeroDivisionError("a bug")
+
+
+class WorkingModel(CrashingModel):
+    def predict_range(self, *args):
+        pass
+
+
+@needs_mpi
+def test_a_crash_keeps_its_traceback_on_its_rank_and_ends_the_others():
+    atoms = bulk("Si", "diamond", a=5.43)
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        parallel.predict_grid(CrashingModel(), atoms, (4, 4, 4), 8, Rank(1, ("", None)))
+    crash = ("", "ZeroDivisionError('a bug')")
+    with pytest.raises(RuntimeError, match=r"rank 1 crashed: ZeroDivisionError\('a bug'\)"):
+        parallel.predict_grid(WorkingModel(), atoms, (4, 4, 4), 8, Rank(0, crash))
+    refusal = ("POSCAR: no such file", None)
+    with pytest.raises(InputError, match="POSCAR: no such file"):
+        parallel.predict_grid(WorkingModel(), atoms, (4, 4, 4), 8, Rank(0, refusal))

@@ -1,0 +1,160 @@
+"""The prediction engine against DeePMD-kit's own inference, and the checks of a frozen model."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from dpcharge.chgcar import read_density
+from dpcharge.errors import InputError
+from dpcharge.inference import DeepDensity
+
+DATA = Path(__file__).parent / "data"
+SI8 = DATA / "CHGCAR_Si8_qe.gz"
+SI64 = DATA / "CHGCAR_Si64_gamma_qe.gz"
+
+
+@pytest.fixture(scope="module")
+def model(density_model):
+    return DeepDensity(density_model.model)
+
+
+@pytest.fixture(scope="module")
+def deeppot(density_model):
+    from deepmd.infer import DeepPot
+
+    return DeepPot(str(density_model.model))
+
+
+def deeppot_density(deeppot, atoms, points, periodic=True):
+    """Density at points from DeePMD-kit's own inference (its neighbour search, all atoms)."""
+    coords = np.concatenate([atoms.get_positions(), points])
+    types = np.r_[np.zeros(len(atoms), int), np.ones(len(points), int)]
+    cell = atoms.get_cell().array.reshape(1, 9) if periodic else None
+    atom_energy = deeppot.eval(coords[None], cell, types, atomic=True)[3]
+    return atom_energy.reshape(-1)[len(atoms) :]
+
+
+def random_points(atoms, count, seed=0):
+    return np.random.default_rng(seed).random((count, 3)) @ atoms.get_cell().array
+
+
+def test_engine_equals_deeppot_eval_on_a_chunk(model, deeppot):
+    atoms = read_density(SI64)[0]
+    points = random_points(atoms, 300)
+    mine = model.predict_points(atoms, points)
+    theirs = deeppot_density(deeppot, atoms, points)
+    assert np.std(theirs) > 1e-3  # a model whose output varies from point to point
+    np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-10)
+
+
+def test_cell_smaller_than_the_cutoff_sees_its_periodic_images(model, deeppot):
+    primitive = bulk("Si", "diamond", a=5.43)  # 2 atoms, planes 3.1 Å apart, cell at 60 degrees
+    assert max(primitive.cell.lengths()) < model.rcut
+    points = random_points(primitive, 200, seed=1)
+    small_cell = model.predict_points(primitive, points)
+    np.testing.assert_allclose(small_cell, deeppot_density(deeppot, primitive, points), atol=1e-10)
+    supercell = primitive * (4, 4, 4)
+    np.testing.assert_allclose(small_cell, model.predict_points(supercell, points), atol=1e-12)
+
+
+def test_non_orthogonal_cell_and_unwrapped_atoms_give_the_same_density(model):
+    primitive = bulk("Si", "diamond", a=5.43)  # 2 atoms, fcc cell at 60 degrees
+    cubic = bulk("Si", "diamond", a=5.43, cubic=True)
+    points = random_points(cubic, 200, seed=2)
+    expected = model.predict_points(cubic, points)
+    np.testing.assert_allclose(model.predict_points(primitive, points), expected, atol=1e-12)
+    shifted = primitive.copy()
+    shifted.positions += primitive.cell[0] * 2 - primitive.cell[2]  # same crystal, atoms outside
+    np.testing.assert_allclose(model.predict_points(shifted, points), expected, atol=1e-12)
+
+
+def test_vacuum_without_periodic_boundaries_matches_deeppot(model, deeppot):
+    cluster = read_density(SI8)[0]
+    cluster.pbc = False
+    points = random_points(cluster, 100, seed=3) * 1.5 - 1.0  # some outside the box
+    np.testing.assert_allclose(
+        model.predict_points(cluster, points),
+        deeppot_density(deeppot, cluster, points, periodic=False),
+        atol=1e-10,
+    )
+
+
+def test_the_same_chunks_give_the_same_bytes_for_any_number_of_workers(density_model):
+    atoms = read_density(SI64)[0]
+    shape = (20, 18, 15)
+    one = DeepDensity(density_model.model, workers=1).predict_grid(atoms, shape, chunk=500)
+    two = DeepDensity(density_model.model, workers=2).predict_grid(atoms, shape, chunk=500)
+    assert np.array_equal(one, two)
+    # another chunk size sums in another order: float32 round-off of the model's precision
+    other = DeepDensity(density_model.model, workers=2).predict_grid(atoms, shape, chunk=777)
+    np.testing.assert_allclose(other, one, rtol=1e-5, atol=1e-6 * np.abs(one).max())
+    i, j, k = 3, 1, 2
+    point = np.array([i / 20, j / 18, k / 15]) @ atoms.get_cell().array
+    single = DeepDensity(density_model.model).predict_points(atoms, point[None])[0]
+    assert one[i, j, k] == pytest.approx(single, rel=1e-5)
+
+
+def test_predict_range_fills_a_block_that_starts_on_a_chunk_boundary(model):
+    atoms = read_density(SI8)[0]
+    shape = (6, 5, 4)
+    whole = model.predict_grid(atoms, shape, chunk=10)
+    block = np.empty(35)
+    model.predict_range(model.surroundings(atoms), shape, block, 50, chunk=10)
+    assert np.array_equal(block, whole.ravel()[50:85])
+    with pytest.raises(ValueError, match="chunk boundary"):
+        model.predict_range(model.surroundings(atoms), shape, block, 55, chunk=10)
+
+
+def test_unknown_element_and_bad_workers_are_refused(density_model, model):
+    with pytest.raises(InputError, match="holds Al, which the type map does not know"):
+        model.predict_grid(bulk("Al", "fcc", a=4.05), (4, 4, 4))
+    with pytest.raises(InputError, match="chunk: must be positive"):
+        model.predict_grid(read_density(SI8)[0], (4, 4, 4), chunk=0)
+    with pytest.raises(InputError, match="workers: must be 0"):
+        DeepDensity(density_model.model, workers=-1)
+
+
+def relabelled(frozen_model, tmp_path, model_type=b"dipole"):
+    """The same graph relabelled as another kind of DeePMD-kit model."""
+    import tensorflow as tf
+
+    graph = tf.compat.v1.GraphDef()
+    graph.ParseFromString(frozen_model.read_bytes())
+    for node in graph.node:
+        if node.name == "model_attr/model_type":
+            node.attr["value"].CopyFrom(
+                tf.compat.v1.AttrValue(tensor=tf.make_tensor_proto(model_type))
+            )
+        if node.name == "train_attr/training_script":
+            script = json.loads(tf.make_ndarray(node.attr["value"].tensor).item())
+            script["model"].update(type="standard", fitting_net={"type": "dipole"})
+            proto = tf.make_tensor_proto(json.dumps(script).encode())
+            node.attr["value"].CopyFrom(tf.compat.v1.AttrValue(tensor=proto))
+    path = tmp_path / "dipole.pb"
+    path.write_bytes(graph.SerializeToString())
+    return path
+
+
+def test_files_that_are_no_density_model_are_refused(density_model, tmp_path):
+    (tmp_path / "model.txt").write_text("not a model\n")
+    flipped = bytearray(density_model.model.read_bytes())
+    position = flipped.index(b"model_attr/tmap")  # flip the bytes of a graph string
+    flipped[position + 40 : position + 60] = bytes(
+        b ^ 0xFF for b in flipped[position + 40 : position + 60]
+    )
+    (tmp_path / "flipped.pb").write_bytes(bytes(flipped))
+    cases = {
+        relabelled(
+            density_model.model, tmp_path
+        ): "not a density model (a DeePMD-kit 'dipole' model)",
+        tmp_path / "model.txt": "not a frozen DeePMD-kit TensorFlow model",
+        tmp_path / "flipped.pb": "not a frozen DeePMD-kit TensorFlow model",
+        tmp_path / "missing.pb": "missing.pb: no such file",
+        tmp_path: "is a folder, not a frozen model",
+    }
+    for path, message in cases.items():
+        with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            DeepDensity(path)
