@@ -276,7 +276,9 @@ class _Text:
         except UnicodeDecodeError:
             line = None
         if line is None or _BINARY.search(line):
-            raise self.error(f"not a text file (binary content on line {self.line_number})")
+            raise NotVolumetricError(
+                f"{self.path}: not a text file (binary content on line {self.line_number})"
+            )
         if self.line_number == 1:
             self.first_line = line
         return line

@@ -72,11 +72,13 @@ def _read_with_ase(
 ) -> list[Atoms]:
     """Read a structure file that is no VASP volumetric file with ase."""
     try:
-        file_format = filetype(path)
+        file_format = filetype(str(path))
     except Exception:  # ase raises several kinds when it cannot tell the format
         file_format = "vasp"  # a POSCAR whose name ase does not know, or no structure file
     try:
         structures = ase.io.read(path, index=":" if frames is None else frames, format=file_format)
+    except (StopIteration, IndexError):
+        raise InputError(f"{path}: no frame {frames} in the file", "frames") from None
     except Exception as error:  # ase raises many kinds on unreadable input
         if file_format == "vasp":
             raise InputError(f"{not_volumetric}; nor is it another format ase knows") from None
