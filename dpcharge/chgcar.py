@@ -42,7 +42,7 @@ from dpcharge.conventions import COMPONENTS
 from dpcharge.errors import InputError
 from dpcharge.output import write_atomically
 
-_SLAB_BYTES = 1 << 18
+_SLAB_BYTES = 1 << 17
 """Bytes of grid text parsed at a time: bounds the reader's memory beyond the density."""
 
 _LINE_BYTES = 1 << 16
@@ -59,6 +59,12 @@ _BLOCKS = {"total": 0, "magnetization": 1, "mx": 1, "my": 2, "mz": 3}
 
 _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[[9, 10, 11, 12, 13, 32]] = True
+_SIGN = np.zeros(256, dtype=bool)
+_SIGN[[43, 45]] = True
+_EXPONENT = np.zeros(256, dtype=bool)
+_EXPONENT[[69, 101]] = True
+_DIGIT = np.zeros(256, dtype=bool)
+_DIGIT[48:58] = True
 
 _BINARY = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
 _INTEGER = re.compile(r"[0-9]+")
@@ -276,9 +282,9 @@ class _Text:
         except UnicodeDecodeError:
             line = None
         if line is None or _BINARY.search(line):
-            raise NotVolumetricError(
-                f"{self.path}: not a text file (binary content on line {self.line_number})"
-            )
+            # a binary first line may be another format (ase's .traj); later, a broken file
+            error = NotVolumetricError if self.line_number == 1 else InputError
+            raise error(f"{self.path}: not a text file (binary content on line {self.line_number})")
         if self.line_number == 1:
             self.first_line = line
         return line
@@ -459,17 +465,19 @@ def _required_line(text: _Text, what: str) -> str:
 def _numbers(
     text: _Text, what: str, lengths: tuple[int, ...], error: type[InputError] = InputError
 ) -> np.ndarray:
-    """Read a line of ``lengths`` numbers (extra tokens are comments)."""
+    """Read a line of exactly one of ``lengths`` numbers."""
     line = _required_line(text, what)
     tokens = line.split()
-    for length in sorted(lengths, reverse=True):
-        if len(tokens) >= length and _is_numbers(" ".join(tokens[:length])):
-            return np.array(tokens[:length], dtype=float)
-    raise error(f"{text.path}: line {text.line_number}: {what} is not a number ({line.strip()!r})")
+    if len(tokens) in lengths and _is_numbers(line):
+        return np.array(tokens, dtype=float)
+    count = " or ".join(map(str, lengths))
+    raise error(
+        f"{text.path}: line {text.line_number}: {what} is not {count} numbers ({line.strip()!r})"
+    )
 
 
 def _position(text: _Text, number: int, atoms: int) -> list[float]:
-    """Read position line ``number`` of ``atoms``: three numbers, then optional flags."""
+    """Read position line ``number`` of ``atoms``: three numbers, then optional flags or names."""
     line = text.line()
     if line is None or not line.strip():
         end = "the file ends" if line is None else "a blank line comes"
@@ -477,7 +485,8 @@ def _position(text: _Text, number: int, atoms: int) -> list[float]:
             f"{end} at line {text.line_number}, at position {number} of the header's {atoms} atoms"
         )
     tokens = line.split()
-    if len(tokens) < 3 or not _is_numbers(" ".join(tokens[:3])):
+    three = len(tokens) >= 3 and _is_numbers(" ".join(tokens[:3]))
+    if not three or (len(tokens) > 3 and _is_numbers(tokens[3])):
         raise text.error(
             f"line {text.line_number}: position {number} of {atoms} is not three numbers "
             f"({line.strip()!r})"
@@ -499,12 +508,12 @@ def _read_block(text: _Text, shape: tuple[int, int, int], keep: bool) -> np.ndar
 
     The grid is read in slabs of whole lines. A block not kept is counted, not
     parsed. The block must end at the end of a line, its values must be finite
-    and its first and last values must have the same number format.
+    and written in the number format of its first value.
     """
     count = shape[0] * shape[1] * shape[2]
     values = np.empty(count) if keep else None
     done = 0
-    first = last = b""
+    reference = None
     while done < count:
         slab = text.slab()
         blank = _WHITESPACE[np.frombuffer(slab, dtype=np.uint8)]
@@ -525,15 +534,14 @@ def _read_block(text: _Text, shape: tuple[int, int, int], keep: bool) -> np.ndar
                 )
             text.push_back(slab[cut:])
             slab, starts = slab[:cut], starts[: count - done]
-        if not first:
-            first = _token(slab, starts[0])
-        last = _token(slab, starts[-1])
+        if reference is None:
+            reference = _token(slab, starts[0])
         if values is not None:
-            values[done : done + len(starts)] = _parsed(text, slab, len(starts))
+            parsed = values[done : done + len(starts)] = _parsed(text, slab, len(starts))
+            if not np.all(np.isfinite(parsed)):
+                raise text.error("the density grid holds NaN or infinite values")
+        _check_forms(text, slab, starts, reference)
         done += len(starts)
-    _check_format(text, first, last)
-    if values is not None and not np.all(np.isfinite(values)):
-        raise text.error("the density grid holds NaN or infinite values")
     return values
 
 
@@ -579,6 +587,53 @@ def _form(token: bytes) -> tuple[int, int] | None:
         return len(fraction), len(exponent)
     digits = whole + fraction
     return len(digits.lstrip(b"0")) or len(digits), 0
+
+
+def _check_forms(text: _Text, slab: bytes, starts: np.ndarray, reference: bytes) -> None:
+    """Refuse a value of a slab of grid text written otherwise than ``reference``.
+
+    Every value of a CHGCAR has one point, an exponent of 2 or 3 digits and the
+    reference's digits after the point; a CHG value (G format) has one point and
+    the reference's significant digits, with an exponent below 0.1. A cut number
+    (``1.6969212328`` for ``1.6969212328E+01``) or a number broken in two differs.
+    """
+    form = _form(reference)
+    if form is None:
+        return  # not a number: the parser names it
+    digits, exponent = form
+    raw = np.frombuffer(slab, dtype=np.uint8)
+    blank = _WHITESPACE[raw]
+    ends = np.flatnonzero(~blank & np.append(blank[1:], True))
+    points = raw == ord(".")
+    exponent2 = _EXPONENT[raw[np.maximum(ends - 3, 0)]] & _SIGN[raw[np.maximum(ends - 2, 0)]]
+    exponent3 = (
+        _EXPONENT[raw[np.maximum(ends - 4, 0)]]
+        & _SIGN[raw[np.maximum(ends - 3, 0)]]
+        & _DIGIT[raw[np.maximum(ends - 2, 0)]]
+    )
+    has_exponent = exponent2 | exponent3
+    valid = (np.add.reduceat(points, starts, dtype=np.int32) == 1) & (
+        np.add.reduceat(_EXPONENT[raw], starts, dtype=np.int32) == has_exponent
+    )
+    if valid.all():
+        point = np.flatnonzero(points)  # one per value
+        mantissa_end = np.where(exponent3, ends - 4, np.where(exponent2, ends - 3, ends + 1))
+        after = mantissa_end - point - 1
+        if exponent and digits != _CHG_DIGITS:  # CHGCAR: every value with an exponent
+            valid = has_exponent & (after == digits)
+        else:  # CHG: significant digits; a zero is written 0.0000
+            before = point - starts - _SIGN[raw[starts]]
+            leading_zero = (before == 1) & (raw[np.maximum(point - 1, 0)] == ord("0"))
+            significant = np.where(has_exponent, after, before + after - leading_zero)
+            nonzero = np.add.reduceat(_DIGIT[raw] & (raw != ord("0")), starts, dtype=np.int32)
+            zero = ~has_exponent & leading_zero & (after == digits - 1) & (nonzero == 0)
+            valid = (significant == digits) | zero
+    if not valid.all():
+        token = _token(slab, starts[np.argmin(valid)]).decode("latin-1")
+        raise text.error(
+            f"grid value {token!r} is not written like the grid's first, "
+            f"{reference.decode('latin-1')!r}: a cut or broken number"
+        )
 
 
 def _check_format(text: _Text, first: bytes, last: bytes) -> None:

@@ -59,11 +59,14 @@ def test_trajectory_frames_are_chosen_never_dropped(tmp_path, si8):
     ("make", "message"),
     [
         # a truncated CHGCAR: the density reader's reason, not "Could not guess file type"
-        (lambda text: text[: len(text) // 2], "a grid block has 23308 values where the grid"),
+        (
+            lambda text: text[: len(text) // 2],
+            "grid value '4.0499' is not written like the grid's first",
+        ),
         (lambda text: text[:500], "line 13: position 5 of 8 is not three numbers ('0.50000000')"),
         (lambda text: text.replace("   8\n", "   7\n", 1), "one more position line than"),
         (lambda text: text.replace("0.2500000000000000", "nan", 1), "an atomic position holds NaN"),
-        (lambda text: "hello\nworld\n", "line 2: the scale factor is not a number ('world')"),
+        (lambda text: "hello\nworld\n", "line 2: the scale factor is not 1 or 3 numbers ('world')"),
     ],
 )
 def test_broken_files_name_the_real_cause(tmp_path, make, message):
