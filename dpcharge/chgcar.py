@@ -72,7 +72,20 @@ _NUMBER = re.compile(rb"[+-]?([0-9]*)\.?([0-9]*)(?:[Ee][+-]?([0-9]*))?")
 
 
 class NotVolumetricError(InputError):
-    """The file holds no POSCAR header followed by a grid: some other structure file."""
+    """The file holds no POSCAR header followed by a grid: some other structure file.
+
+    Parameters
+    ----------
+    message
+        What the file lacks, in one line.
+    structure
+        The structure of a valid POSCAR header that no grid follows (a POSCAR
+        or CONTCAR), else None.
+    """
+
+    def __init__(self, message: str, structure: Atoms | None = None) -> None:
+        super().__init__(message)
+        self.structure = structure
 
 
 def read_density(
@@ -117,7 +130,7 @@ def read_density(
     wanted = _BLOCKS[component]
     with _opened(path) as text:
         atoms = _read_header(text, species)
-        shape = _read_grid_line(text)
+        shape = _read_grid_line(text, atoms)
         density = None
         blocks = 0
         while True:
@@ -157,7 +170,7 @@ def read_structure(path: str | os.PathLike, species: Sequence[str] | None = None
     """
     with _opened(path) as text:
         atoms = _read_header(text, species)
-        _read_grid_line(text)
+        _read_grid_line(text, atoms)
     return atoms
 
 
@@ -260,6 +273,7 @@ class _Text:
         self.path = path
         self.line_number = 0
         self.first_line = ""
+        self.line_ended = True
         self._stream = stream
         self._compressed = compressed
         self._pending = b""
@@ -277,6 +291,7 @@ class _Text:
         if len(raw) >= _LINE_BYTES and not raw.endswith(b"\n"):
             raise self.error(f"line {self.line_number + 1} is longer than {_LINE_BYTES} bytes")
         self.line_number += 1
+        self.line_ended = raw.endswith(b"\n")
         try:
             line = raw.decode().rstrip("\r\n")
         except UnicodeDecodeError:
@@ -412,13 +427,13 @@ def _read_species(text: _Text, species: Sequence[str] | None) -> tuple[list[str]
     return names, counts
 
 
-def _read_grid_line(text: _Text) -> tuple[int, int, int]:
+def _read_grid_line(text: _Text, atoms: Atoms) -> tuple[int, int, int]:
     """Read the blank line and the grid line ``NX NY NZ`` that follow the positions.
 
     A line of numbers right after the positions is one more position than the
-    counts say: refused. Anything else but a grid (velocities after the blank
-    line, the end of the file, text) makes the file a POSCAR or CONTCAR, not a
-    volumetric file.
+    counts say: refused. The end of the file or velocities (three numbers after
+    the blank line) make the file a POSCAR or CONTCAR, whose structure the
+    `NotVolumetricError` carries; anything else, some other file.
     """
     line = text.line()
     if line is not None and line.strip() and _grid_shape(line) is None and _is_numbers(line):
@@ -438,9 +453,16 @@ def _read_grid_line(text: _Text) -> tuple[int, int, int]:
         found = "the end of the file" if line is None else repr(line.strip()[:40])
         raise NotVolumetricError(
             f"{text.path}: no grid line 'NX NY NZ' after the atomic positions "
-            f"(line {text.line_number}: {found})"
+            f"(line {text.line_number}: {found})",
+            atoms if line is None or _is_velocities(tokens) else None,
         )
     return shape
+
+
+def _is_velocities(tokens: list[str]) -> bool:
+    """Whether a line after the positions starts a CONTCAR's velocities (ase writes a mode)."""
+    mode = len(tokens) == 1 and tokens[0][:1] in ("C", "c", "K", "k", "D", "d")
+    return mode or (len(tokens) == 3 and _is_numbers(" ".join(tokens)))
 
 
 def _grid_shape(line: str) -> tuple[int, int, int] | None:
@@ -490,6 +512,12 @@ def _position(text: _Text, number: int, atoms: int) -> list[float]:
         raise text.error(
             f"line {text.line_number}: position {number} of {atoms} is not three numbers "
             f"({line.strip()!r})"
+        )
+    forms = {_form(token.encode()) for token in tokens[:3]}
+    if not text.line_ended and len(forms) > 1:  # the file ends inside this line
+        raise text.error(
+            f"line {text.line_number}: the file ends inside a position ({line.strip()!r}): "
+            "a cut number"
         )
     return [float(token) for token in tokens[:3]]
 
@@ -617,17 +645,18 @@ def _check_forms(text: _Text, slab: bytes, starts: np.ndarray, reference: bytes)
     )
     if valid.all():
         point = np.flatnonzero(points)  # one per value
+        valid = point > starts  # a digit or sign before the point
         mantissa_end = np.where(exponent3, ends - 4, np.where(exponent2, ends - 3, ends + 1))
         after = mantissa_end - point - 1
         if exponent and digits != _CHG_DIGITS:  # CHGCAR: every value with an exponent
-            valid = has_exponent & (after == digits)
+            valid &= has_exponent & (after == digits)
         else:  # CHG: significant digits; a zero is written 0.0000
             before = point - starts - _SIGN[raw[starts]]
             leading_zero = (before == 1) & (raw[np.maximum(point - 1, 0)] == ord("0"))
             significant = np.where(has_exponent, after, before + after - leading_zero)
             nonzero = np.add.reduceat(_DIGIT[raw] & (raw != ord("0")), starts, dtype=np.int32)
             zero = ~has_exponent & leading_zero & (after == digits - 1) & (nonzero == 0)
-            valid = (significant == digits) | zero
+            valid &= (significant == digits) | zero
     if not valid.all():
         token = _token(slab, starts[np.argmin(valid)]).decode("latin-1")
         raise text.error(

@@ -7,9 +7,9 @@ the caller chooses frames with an index in ase's syntax (``"0"``, ``"-1"``,
 
 A file that starts with a POSCAR header and a grid line is a VASP volumetric
 file and is read by `dpcharge.chgcar`, whose errors say what is wrong with it;
-so is a file whose POSCAR header breaks. Any other file goes to ase (a file
-whose format ase cannot tell is read as a POSCAR); when ase fails on a POSCAR,
-the VASP reader's finding is the message.
+so is a file whose POSCAR header breaks. A POSCAR or CONTCAR (a valid header, no
+grid) is the structure of its header, also when ase cannot name the file; any
+other file goes to ase.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def read_structures(
     try:
         read_structure(path)
     except NotVolumetricError as not_volumetric:
-        structures = _read_with_ase(path, frames, not_volumetric)
+        structures = _read_other(path, frames, not_volumetric)
         density = None
     else:
         if frames not in (None, "0", "-1", ":"):
@@ -67,21 +67,23 @@ def read_structures(
     return structures, density
 
 
-def _read_with_ase(
-    path: Path, frames: str | None, not_volumetric: NotVolumetricError
-) -> list[Atoms]:
-    """Read a structure file that is no VASP volumetric file with ase."""
+def _read_other(path: Path, frames: str | None, not_volumetric: NotVolumetricError) -> list[Atoms]:
+    """Read a file that is no VASP volumetric file: a POSCAR by its header, the rest by ase."""
     try:
         file_format = filetype(str(path))
     except Exception:  # ase raises several kinds when it cannot tell the format
         file_format = "vasp"  # a POSCAR whose name ase does not know, or no structure file
+    if file_format == "vasp":  # ase's POSCAR reader would skip what ours refuses
+        if not_volumetric.structure is None:
+            raise InputError(f"{not_volumetric}; nor is it another format ase knows")
+        if frames not in (None, "0", "-1", ":"):
+            raise InputError(f"{path} holds one structure, not frames {frames}", "frames")
+        return [not_volumetric.structure]
     try:
         structures = ase.io.read(path, index=":" if frames is None else frames, format=file_format)
     except (StopIteration, IndexError):
         raise InputError(f"{path}: no frame {frames} in the file", "frames") from None
     except Exception as error:  # ase raises many kinds on unreadable input
-        if file_format == "vasp":
-            raise InputError(f"{not_volumetric}; nor is it another format ase knows") from None
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise InputError(f"{path}: unreadable {file_format} file ({reason})") from None
     if isinstance(structures, Atoms):
