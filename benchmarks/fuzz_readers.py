@@ -37,7 +37,6 @@ from dpcharge.structures import read_structures
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [
     ROOT / "tests/data/CHGCAR_Al4_lda_qe.gz",
-    ROOT / "tests/data/vaspy_CoMonolayer_CHGCAR_spin",
     ROOT / "tests/data/vaspy_CoMonolayer_CHGCAR_spin_2",
     Path(ase.__file__).parent / "test/testdata/vasp/Li/CHG",
     ROOT.parent / "shared/data/vasp/vaspy_CoMonolayer_CHGCAR_spin",
