@@ -1,17 +1,24 @@
 """Compute reference charge densities with Quantum ESPRESSO for the dpcharge benchmarks.
 
-Each output is a gzip CHGCAR (VASP layout: POSCAR header, blank line, ``NX NY NZ``, then
-rho*V_cell in electrons, Fortran order, 5 values per line) plus a JSON file beside it that
-records every setting: code version (from the pw.x output), pseudopotentials, cutoffs,
-k-points, smearing, convergence threshold, FFT grid, how the structure was made and its
-random seed, wall times and machine load.
+Each output is a gzip CHGCAR written by `dpcharge.chgcar.write_chgcar` (VASP layout: POSCAR
+header, blank line, ``NX NY NZ``, then rho*V_cell in electrons, Fortran order, 5 values per
+line) plus a JSON file beside it that records every setting: code version (from the pw.x
+output), the pw.x and pp.x inputs, pseudopotentials, cutoffs, k-points, smearing, convergence
+threshold, FFT grid, how the structure was made and its random seed, total energy, wall times
+and machine load.
 
-Units: lengths in Å (structures, displacements), energies in Ry (QE input), densities in
-e/Å^3 (the CHGCAR holds rho*V_cell, the VASP convention). QE writes the pp.x cube file in
-e/bohr^3; it is converted here.
+Units: lengths in Å (structures, displacements, grid spacings), energies in Ry (QE input),
+densities in e/Å^3 (the CHGCAR holds rho*V_cell, the VASP convention). QE writes the pp.x cube
+file in e/bohr^3; it is converted here.
+
+The FFT grid of a system is ``dpcharge.grid.grid_for_spacing(cell, grid_spacing)`` (the
+smallest counts with prime factors 2, 3, 5, 7 whose spacing along each cell vector is at most
+``grid_spacing``), passed to pw.x as ``nr1, nr2, nr3``; pw.x takes such counts as given and
+the script checks that it reports the same dense grid. The pw.x input is written by
+``ase.io.write(..., format="espresso-in")``.
 
 Requires ``pw.x``, ``pp.x`` and ``mpirun`` (Debian: ``apt-get install quantum-espresso
-quantum-espresso-data``) and ase. Examples::
+quantum-espresso-data``), ase and dpcharge. Examples::
 
     python benchmarks/data/make_densities.py --dry-run
     python benchmarks/data/make_densities.py --systems si64 --snapshots 5
@@ -21,18 +28,18 @@ quantum-espresso-data``) and ase. Examples::
 from __future__ import annotations
 
 import argparse
-import gzip
+import io
 import json
+import math
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,47 +48,34 @@ from ase.build import bulk, fcc111
 from ase.io import write
 from ase.io.cube import read_cube_data
 from ase.units import Bohr
+from scipy.spatial.transform import Rotation
+
+from dpcharge.chgcar import read_density, write_chgcar
+from dpcharge.grid import grid_for_spacing
 
 PSEUDO_DIR = os.environ.get("ESPRESSO_PSEUDO", "/usr/share/espresso/pseudo")
 VALENCE = {"Si": 4, "Al": 3, "Mg": 2, "H": 1, "O": 6}
 
-
-def _fft_friendly(n: int) -> int:
-    """Return the smallest integer >= n whose prime factors are 2, 3 and 5 only.
-
-    Parameters
-    ----------
-    n : int
-        Minimum number of grid points.
-
-    Returns
-    -------
-    int
-        FFT-friendly grid size.
-    """
-    m = n
-    while True:
-        k = m
-        for p in (2, 3, 5):
-            while k % p == 0:
-                k //= p
-        if k == 1:
-            return m
-        m += 1
+PSEUDO_DENSITY = (
+    "pp.x plot_num=0 valence pseudo-density, cube e/bohr^3 converted to e/Å^3; "
+    "CHGCAR holds rho*V_cell"
+)
 
 
 @dataclass
 class QESettings:
-    """Quantum ESPRESSO settings of one system (the same for all its snapshots).
+    """Quantum ESPRESSO settings of one material (the same for all its snapshots and cells).
+
+    K-points are not here: they belong to a `System`, scaled to its cell.
 
     Attributes
     ----------
     pseudopotentials : dict
         Element -> UPF file name in the pseudopotential directory.
-    ecutwfc, ecutrho : float
-        Plane-wave cutoffs of wavefunctions and density (Ry). ``ecutrho`` None = 4 * ecutwfc.
-    kpoints : tuple of int or None
-        Monkhorst-Pack grid; None = Gamma point only (``K_POINTS gamma``).
+    ecutwfc : float
+        Plane-wave cutoff of the wavefunctions (Ry).
+    ecutrho : float or None
+        Plane-wave cutoff of the density (Ry); None = 4 * ecutwfc (norm-conserving).
     smearing : str
         QE smearing name.
     degauss : float
@@ -89,24 +83,32 @@ class QESettings:
     conv_thr_per_8_atoms : float
         SCF threshold (Ry) per 8 atoms; the input gets this times natoms / 8.
     grid_spacing : float
-        Target FFT grid spacing (Å); the grid is the smallest 2-3-5 count at or below it.
+        Largest FFT grid spacing along each cell vector (Å); the grid is
+        ``dpcharge.grid.grid_for_spacing(cell, grid_spacing)``. It must hold the ``ecutrho``
+        sphere (checked, see `min_dense_grid`).
     functional : str
         Exchange-correlation functional (from the pseudopotentials; recorded only).
     mixing_beta : float
         SCF charge-mixing factor.
+    density : str
+        What the written density is (recorded in the JSON).
     """
 
     pseudopotentials: dict[str, str]
     ecutwfc: float
     ecutrho: float | None = None
-    kpoints: tuple[int, int, int] | None = None
     smearing: str = "gaussian"
     degauss: float = 0.005
     conv_thr_per_8_atoms: float = 1e-8
     grid_spacing: float = 0.151
     functional: str = "PBE"
     mixing_beta: float = 0.4
-    extra: dict[str, str] = field(default_factory=dict)
+    density: str = PSEUDO_DENSITY
+
+    @property
+    def density_cutoff(self) -> float:
+        """Return the density cutoff ``ecutrho`` in Ry (4 * ecutwfc when not set)."""
+        return self.ecutrho if self.ecutrho is not None else 4 * self.ecutwfc
 
 
 # ----------------------------------------------------------------------------- structures
@@ -190,8 +192,7 @@ def amorphous_si(seed: int, steps_melt: int = 1500, steps_quench: int = 3000) ->
     from ase.optimize import BFGS
 
     atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
-    mass = atoms.get_masses().sum() * 1.66053907e-24  # g
-    length = (mass / 2.28) ** (1 / 3) * 1e8  # Å
+    length = _amorphous_si_length()
     atoms.set_cell([length] * 3, scale_atoms=True)
     atoms.calc = Tersoff(_tersoff_si())
     rng = np.random.default_rng(seed)
@@ -212,6 +213,13 @@ def amorphous_si(seed: int, steps_melt: int = 1500, steps_quench: int = 3000) ->
         f"numpy.random.default_rng({seed}) for velocities and noise"
     )
     return atoms, recipe
+
+
+def _amorphous_si_length() -> float:
+    """Return the edge (Å) of the cubic Si64 cell at the amorphous density 2.28 g/cm^3."""
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
+    mass = atoms.get_masses().sum() * 1.66053907e-24  # g
+    return (mass / 2.28) ** (1 / 3) * 1e8
 
 
 def _tersoff_si() -> dict:
@@ -255,17 +263,10 @@ def water_box(n_molecules: int, seed: int) -> tuple[Atoms, str]:
     placed: list[np.ndarray] = []
     for _ in range(n_molecules):
         for _ in range(10000):
-            q = rng.normal(size=4)
-            q /= np.linalg.norm(q)
-            a, b, c, d = q
-            rot = np.array(
-                [
-                    [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
-                    [2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b)],
-                    [2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d],
-                ]
-            )
-            mol = local @ rot.T + rng.uniform(0.0, length, 3)
+            # The four normals Rotation.random draws, read scalar-first as in the committed
+            # structures (Rotation.random reads them scalar-last: another rotation).
+            rotation = Rotation.from_quat(rng.normal(size=4), scalar_first=True)
+            mol = rotation.apply(local) + rng.uniform(0.0, length, 3)
             if all(_far_enough(mol, other, length) for other in placed):
                 placed.append(mol)
                 break
@@ -303,6 +304,18 @@ def _far_enough(a: np.ndarray, b: np.ndarray, length: float) -> bool:
 # ----------------------------------------------------------------------------- systems
 
 SI = QESettings({"Si": "Si.pbe-rrkj.UPF"}, ecutwfc=24.0, grid_spacing=0.151)
+SI_US = QESettings(
+    {"Si": "Si.pbe-nl-rrkjus_psl.1.0.0.UPF"},
+    ecutwfc=44.0,
+    ecutrho=352.0,
+    grid_spacing=0.087,
+    functional="PBE (ultrasoft pslibrary 1.0.0; the UPF suggests at least 44 Ry / 175 Ry)",
+    density=(
+        "pp.x plot_num=0 valence density INCLUDING the ultrasoft augmentation charges (peaked "
+        "at the nuclei, like a VASP CHGCAR), cube e/bohr^3 converted to e/Å^3; CHGCAR holds "
+        "rho*V_cell"
+    ),
+)
 AL = QESettings(
     {"Al": "Al.pz-vbc.UPF", "Mg": "Mg.pz-n-vbc.UPF"},
     ecutwfc=20.0,
@@ -321,7 +334,23 @@ WATER = QESettings(
 
 @dataclass
 class System:
-    """A benchmark system: structure builder, QE settings, default seeds, cost estimate."""
+    """A benchmark system: structure builder, QE settings, default seeds, cost estimate.
+
+    Attributes
+    ----------
+    name : str
+        Name used in file names and on the command line.
+    build : callable
+        Seed -> (structure in Å, text recipe of how it was made).
+    settings : QESettings
+        DFT settings.
+    seeds : list of int
+        Default seeds (``--snapshots N`` takes the first N).
+    estimate : str
+        Cost of one calculation, for ``--dry-run``.
+    kpoints : tuple of int or None
+        Unshifted Monkhorst-Pack grid; None = Gamma point only (``K_POINTS gamma``).
+    """
 
     name: str
     build: Callable[[int], tuple[Atoms, str]]
@@ -343,6 +372,20 @@ SYSTEMS: dict[str, System] = {
             SI,
             [1001],
             "~2 h on 1 rank beside other jobs (measured), 108^3",
+        ),
+        System(
+            "si64us",
+            lambda seed: si_crystal(2, seed),
+            SI_US,
+            list(range(1, 11)),
+            "a few minutes each on 1 rank, 125^3",
+        ),
+        System(
+            "si216us",
+            lambda seed: si_crystal(3, seed),
+            SI_US,
+            [1001],
+            "hours (estimate; not run), 189^3",
         ),
         System(
             "alslab", al_slab, AL, list(range(1, 11)), "~10-30 s each, k 4x4x1", kpoints=(4, 4, 1)
@@ -381,60 +424,120 @@ SYSTEMS: dict[str, System] = {
 # ----------------------------------------------------------------------------- QE
 
 
-def grid_shape(atoms: Atoms, spacing: float) -> tuple[int, int, int]:
-    """FFT grid with at most ``spacing`` (Å) between points along each cell vector."""
-    lengths = atoms.cell.lengths()
-    return tuple(_fft_friendly(int(np.ceil(x / spacing - 1e-6))) for x in lengths)  # type: ignore[return-value]
+def fft_grid(atoms: Atoms, settings: QESettings) -> tuple[int, int, int]:
+    """Return the FFT grid (NX, NY, NZ) of a structure: `grid_for_spacing` at the spacing.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        Structure (cell in Å).
+    settings : QESettings
+        Its settings (``grid_spacing`` in Å, ``ecutrho`` in Ry).
+
+    Returns
+    -------
+    tuple of int
+        Grid counts, passed to pw.x as ``nr1, nr2, nr3``.
+
+    Raises
+    ------
+    ValueError
+        The grid is too coarse to hold the density's plane waves up to ``ecutrho``.
+    """
+    grid = grid_for_spacing(atoms.cell[:], settings.grid_spacing)
+    needed = min_dense_grid(atoms, settings.density_cutoff)
+    if any(n < m for n, m in zip(grid, needed, strict=True)):
+        raise ValueError(
+            f"grid {grid} at {settings.grid_spacing} Å cannot hold ecutrho "
+            f"{settings.density_cutoff} Ry (needs at least {needed})"
+        )
+    return grid
 
 
-def pw_input(atoms: Atoms, s: QESettings, kpts: tuple | None, grid: tuple[int, int, int]) -> str:
-    """Write the pw.x SCF input text for ``atoms`` (positions in Å, cell in Å)."""
-    species = sorted(set(atoms.get_chemical_symbols()), key=atoms.get_chemical_symbols().index)
+def min_dense_grid(atoms: Atoms, ecutrho: float) -> tuple[int, int, int]:
+    """Return the smallest counts that hold every plane wave of the density up to ``ecutrho``.
+
+    A reciprocal vector G = sum_j n_j b_j has n_i = G . a_i / (2 pi) <= |G| |a_i| / (2 pi), so
+    the grid needs 2 n_max + 1 points along a_i, with |G| <= sqrt(ecutrho) (bohr^-1, ecutrho
+    in Ry). pw.x starts its own grid from the same bound.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        Structure (cell in Å).
+    ecutrho : float
+        Density cutoff (Ry).
+
+    Returns
+    -------
+    tuple of int
+        Minimum counts along the three cell vectors.
+    """
+    lengths = atoms.cell.lengths() / Bohr  # bohr
+    return tuple(  # type: ignore[return-value]
+        2 * math.floor(math.sqrt(ecutrho) * length / (2 * math.pi)) + 1 for length in lengths
+    )
+
+
+def pw_input(
+    atoms: Atoms,
+    settings: QESettings,
+    kpoints: tuple[int, int, int] | None,
+    grid: tuple[int, int, int],
+) -> str:
+    """Return the pw.x SCF input for ``atoms``, written by ase (cell and positions in Å).
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        Structure (Å).
+    settings : QESettings
+        Cutoffs (Ry), smearing, convergence and mixing settings, pseudopotentials.
+    kpoints : tuple of int or None
+        Unshifted Monkhorst-Pack grid; None = Gamma point (``K_POINTS gamma``).
+    grid : tuple of int
+        Dense FFT grid, ``nr1, nr2, nr3``.
+
+    Returns
+    -------
+    str
+        The input text (the pseudopotential directory is `PSEUDO_DIR`).
+    """
     nelec = sum(VALENCE[x] for x in atoms.get_chemical_symbols())
-    nbnd = int(nelec / 2 * 1.2) + 4
-    conv = s.conv_thr_per_8_atoms * len(atoms) / 8
-    ecutrho = s.ecutrho if s.ecutrho is not None else 4 * s.ecutwfc
-    lines = [
-        "&control",
-        "  calculation = 'scf'",
-        "  prefix = 'pw'",
-        "  outdir = './tmp'",
-        f"  pseudo_dir = '{PSEUDO_DIR}'",
-        "/",
-        "&system",
-        "  ibrav = 0",
-        f"  nat = {len(atoms)}",
-        f"  ntyp = {len(species)}",
-        f"  ecutwfc = {s.ecutwfc}",
-        f"  ecutrho = {ecutrho}",
-        "  occupations = 'smearing'",
-        f"  smearing = '{s.smearing}'",
-        f"  degauss = {s.degauss}",
-        f"  nbnd = {nbnd}",
-        f"  nr1 = {grid[0]}, nr2 = {grid[1]}, nr3 = {grid[2]}",
-        "/",
-        "&electrons",
-        f"  conv_thr = {conv:.3e}",
-        f"  mixing_beta = {s.mixing_beta}",
-        "  electron_maxstep = 200",
-        "/",
-        "ATOMIC_SPECIES",
-    ]
-    from ase.data import atomic_masses, atomic_numbers
-
-    for x in species:
-        lines.append(f"  {x} {atomic_masses[atomic_numbers[x]]:.4f} {s.pseudopotentials[x]}")
-    lines.append("CELL_PARAMETERS angstrom")
-    lines += ["  " + " ".join(f"{v:.10f}" for v in row) for row in atoms.cell[:]]
-    lines.append("ATOMIC_POSITIONS angstrom")
-    lines += [
-        f"  {x} " + " ".join(f"{v:.10f}" for v in p)
-        for x, p in zip(atoms.get_chemical_symbols(), atoms.positions, strict=True)
-    ]
-    lines.append("K_POINTS gamma" if kpts is None else "K_POINTS automatic")
-    if kpts is not None:
-        lines.append(f"  {kpts[0]} {kpts[1]} {kpts[2]} 0 0 0")
-    return "\n".join(lines) + "\n"
+    input_data = {
+        "control": {
+            "calculation": "scf",
+            "prefix": "pw",
+            "outdir": "./tmp",
+            "pseudo_dir": PSEUDO_DIR,
+        },
+        "system": {
+            "ecutwfc": settings.ecutwfc,
+            "ecutrho": settings.density_cutoff,
+            "occupations": "smearing",
+            "smearing": settings.smearing,
+            "degauss": settings.degauss,
+            "nbnd": int(nelec / 2 * 1.2) + 4,
+            "nr1": grid[0],
+            "nr2": grid[1],
+            "nr3": grid[2],
+        },
+        "electrons": {
+            "conv_thr": settings.conv_thr_per_8_atoms * len(atoms) / 8,
+            "mixing_beta": settings.mixing_beta,
+            "electron_maxstep": 200,
+        },
+    }
+    buf = io.StringIO()
+    write(
+        buf,
+        atoms,
+        format="espresso-in",
+        input_data=input_data,
+        pseudopotentials=settings.pseudopotentials,
+        kpts=kpoints,
+    )
+    return buf.getvalue()
 
 
 PP_INPUT = """&inputpp
@@ -460,7 +563,7 @@ def mpirun(nproc: int) -> list[str]:
 
 
 def run_qe(
-    atoms: Atoms, s: QESettings, kpts: tuple | None, nproc: int
+    atoms: Atoms, settings: QESettings, kpoints: tuple[int, int, int] | None, nproc: int
 ) -> tuple[np.ndarray, dict[str, object]]:
     """Run pw.x and pp.x for ``atoms`` and return the density (e/Å^3, (NX, NY, NZ)) and metadata.
 
@@ -468,9 +571,9 @@ def run_qe(
     ----------
     atoms : ase.Atoms
         Structure (Å).
-    s : QESettings
+    settings : QESettings
         QE settings.
-    kpts : tuple or None
+    kpoints : tuple of int or None
         Monkhorst-Pack grid, None = Gamma.
     nproc : int
         MPI ranks.
@@ -478,16 +581,17 @@ def run_qe(
     Returns
     -------
     density : numpy.ndarray
-        Valence pseudo-density in e/Å^3; ``density[i, j, k]`` at fractional (i/NX, j/NY, k/NZ).
+        Valence density from pp.x ``plot_num=0`` in e/Å^3; ``density[i, j, k]`` at fractional
+        (i/NX, j/NY, k/NZ).
     meta : dict
-        Code version, wall times, load, total energy (Ry), grid, electrons, SCF iterations.
+        Code version, inputs, wall times, load, total energy (Ry), SCF iterations.
     """
-    grid = grid_shape(atoms, s.grid_spacing)
+    grid = fft_grid(atoms, settings)
     env = dict(os.environ, OMP_NUM_THREADS="1", OMPI_MCA_btl_vader_single_copy_mechanism="none")
     env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
     with tempfile.TemporaryDirectory(prefix="dpcharge_qe_") as work:
         wd = Path(work)
-        (wd / "pw.in").write_text(pw_input(atoms, s, kpts, grid))
+        (wd / "pw.in").write_text(pw_input(atoms, settings, kpoints, grid))
         (wd / "pp.in").write_text(PP_INPUT)
         load_before = os.getloadavg()
         t0 = time.perf_counter()
@@ -499,6 +603,9 @@ def run_qe(
         out = (wd / "pw.out").read_text()
         if "convergence has been achieved" not in out:
             raise RuntimeError("pw.x SCF did not converge:\n" + out[-3000:])
+        dense = re.search(r"Dense\s+grid:.*FFT dimensions:\s*\(\s*(\d+),\s*(\d+),\s*(\d+)\)", out)
+        if dense is None or tuple(int(n) for n in dense.groups()) != grid:
+            raise RuntimeError(f"pw.x dense grid {dense and dense.groups()} is not {grid}")
         t0 = time.perf_counter()
         with open(wd / "pp.in") as fin, open(wd / "pp.out", "w") as fout:
             subprocess.run(
@@ -506,9 +613,9 @@ def run_qe(
             )
         t_pp = time.perf_counter() - t0
         data, _ = read_cube_data(str(wd / "rho.cube"))
-        dens = np.asarray(data, dtype=np.float64) / Bohr**3  # e/bohr^3 -> e/Å^3
-        if dens.shape != grid:
-            raise RuntimeError(f"pp.x grid {dens.shape} differs from the requested {grid}")
+        density = np.asarray(data, dtype=np.float64) / Bohr**3  # e/bohr^3 -> e/Å^3
+        if density.shape != grid:
+            raise RuntimeError(f"pp.x grid {density.shape} differs from the requested {grid}")
         version = re.search(r"Program PWSCF (v\.\S+)", out)
         energy = re.findall(r"!\s+total energy\s+=\s+(-?\d+\.\d+) Ry", out)
         iters = re.search(r"convergence has been achieved in\s+(\d+) iterations", out)
@@ -524,63 +631,45 @@ def run_qe(
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
         }
-    return dens, meta
-
-
-def write_chgcar_gz(path: Path, atoms: Atoms, density: np.ndarray) -> None:
-    """Write a gzip CHGCAR: POSCAR header, blank line, grid, rho*V_cell (e), x fastest.
-
-    Parameters
-    ----------
-    path : pathlib.Path
-        Output path (``.gz``); written to a temporary name and renamed.
-    atoms : ase.Atoms
-        Structure for the header.
-    density : numpy.ndarray
-        Density in e/Å^3, shape (NX, NY, NZ).
-    """
-    import io
-
-    # Only symbols, cell and positions: ase would write MD velocities after the positions,
-    # which CHGCAR readers take for the grid line.
-    header = Atoms(
-        atoms.get_chemical_symbols(), cell=atoms.cell, scaled_positions=atoms.get_scaled_positions()
-    )
-    header.pbc = True
-    buf = io.StringIO()
-    write(buf, header, format="vasp", direct=True)
-    text = buf.getvalue()
-    values = (density * atoms.get_volume()).ravel(order="F")
-    nx, ny, nz = density.shape
-    tmp = path.with_name(path.name + ".part")
-    with gzip.open(tmp, "wt") as f:
-        f.write(text)
-        f.write(f"\n{nx:5d}{ny:5d}{nz:5d}\n")
-        full = len(values) // 5 * 5
-        np.savetxt(f, values[:full].reshape(-1, 5), fmt="%18.10E", delimiter="")
-        if full < len(values):
-            np.savetxt(f, values[full:][None, :], fmt="%18.10E", delimiter="")
-    tmp.replace(path)
-
-
-def read_chgcar_gz(path: Path) -> tuple[Atoms, np.ndarray]:
-    """Read back a CHGCAR written by :func:`write_chgcar_gz` with ase (density in e/Å^3)."""
-    from ase.calculators.vasp import VaspChargeDensity
-
-    with tempfile.TemporaryDirectory() as tmp:
-        plain = Path(tmp) / "CHGCAR"
-        with gzip.open(path, "rb") as fin, open(plain, "wb") as fout:
-            shutil.copyfileobj(fin, fout)
-        chg = VaspChargeDensity(str(plain))
-        return chg.atoms[0], np.asarray(chg.chg[0])
+    return density, meta
 
 
 # ----------------------------------------------------------------------------- driver
 
 
+def output_stem(out: Path, system: System, seed: int) -> Path:
+    """Return ``out/CHGCAR_<system>_seed<seed>`` (add ``.gz`` or ``.json``)."""
+    return out / f"CHGCAR_{system.name}_seed{seed}"
+
+
 def compute(system: System, seed: int, out: Path, nproc: int, force: bool) -> Path | None:
-    """Build one structure, run QE, write ``<name>_seed<seed>.chgcar.gz`` and its JSON."""
-    stem = out / f"CHGCAR_{system.name}_seed{seed}"
+    """Build one structure, run QE, write ``CHGCAR_<system>_seed<seed>.gz`` and its JSON.
+
+    Parameters
+    ----------
+    system : System
+        What to compute.
+    seed : int
+        Structure seed.
+    out : pathlib.Path
+        Output folder.
+    nproc : int
+        MPI ranks of pw.x and pp.x.
+    force : bool
+        Recompute when both outputs exist.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The CHGCAR written, None when skipped.
+
+    Raises
+    ------
+    RuntimeError
+        pw.x did not converge, used another grid, or the file read back differs from the
+        density or does not hold the valence electrons to 1e-5 relative.
+    """
+    stem = output_stem(out, system, seed)
     target = stem.with_suffix(".gz")
     if target.exists() and stem.with_suffix(".json").exists() and not force:
         print(f"skip {target} (exists)")
@@ -594,8 +683,8 @@ def compute(system: System, seed: int, out: Path, nproc: int, force: bool) -> Pa
     )
     density, meta = run_qe(atoms, system.settings, system.kpoints, nproc)
     out.mkdir(parents=True, exist_ok=True)
-    write_chgcar_gz(target, atoms, density)
-    back_atoms, back = read_chgcar_gz(target)
+    write_chgcar(target, atoms, density)
+    back_atoms, back = read_density(target)
     electrons = float(back.sum() * back_atoms.get_volume() / back.size)
     rel = abs(electrons - nelec) / nelec
     if rel > 1e-5 or np.abs(back - density).max() > 1e-9 * max(1.0, np.abs(density).max()):
@@ -613,14 +702,14 @@ def compute(system: System, seed: int, out: Path, nproc: int, force: bool) -> Pa
         "pseudopotentials": s.pseudopotentials,
         "pseudo_dir": "Debian quantum-espresso-data, /usr/share/espresso/pseudo",
         "ecutwfc_Ry": s.ecutwfc,
-        "ecutrho_Ry": s.ecutrho if s.ecutrho is not None else 4 * s.ecutwfc,
+        "ecutrho_Ry": s.density_cutoff,
         "kpoints": "gamma" if system.kpoints is None else f"MP {system.kpoints} unshifted",
         "smearing": s.smearing,
         "degauss_Ry": s.degauss,
         "conv_thr_Ry": s.conv_thr_per_8_atoms * len(atoms) / 8,
+        "grid_spacing_A": s.grid_spacing,
         "fft_grid": list(density.shape),
-        "density": "pp.x plot_num=0 valence pseudo-density, cube e/bohr^3 converted to e/Å^3; "
-        "CHGCAR holds rho*V_cell",
+        "density": s.density,
         "valence_electrons": nelec,
         "grid_electrons": electrons,
         "grid_electrons_relative_error": rel,
@@ -638,6 +727,30 @@ def compute(system: System, seed: int, out: Path, nproc: int, force: bool) -> Pa
     return target
 
 
+def dry_run(system: System, seed: int, out: Path, force: bool) -> None:
+    """Print what `compute` would do, the grid it would use and the grid recorded in the JSON.
+
+    The grid needs the cell only, so the structure is built only when a JSON records a grid
+    (to compare) and the builder is cheap; an amorphous Si structure (minutes of MD) is not
+    built and its grid is taken from the ideal cell, which has the same lengths.
+    """
+    stem = output_stem(out, system, seed)
+    record_path = stem.with_suffix(".json")
+    done = stem.with_suffix(".gz").exists() and record_path.exists()
+    state = "exists, skip" if done and not force else f"compute ({system.estimate})"
+    if system.build is amorphous_si:
+        cell_atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
+        cell_atoms.set_cell([_amorphous_si_length()] * 3, scale_atoms=True)
+    else:
+        cell_atoms = system.build(seed)[0]
+    grid = "x".join(str(n) for n in fft_grid(cell_atoms, system.settings))
+    recorded = "no JSON"
+    if record_path.exists():
+        old = "x".join(str(n) for n in json.loads(record_path.read_text())["fft_grid"])
+        recorded = f"JSON {old} " + ("same" if old == grid else "DIFFERENT")
+    print(f"{system.name:8s} seed {seed:5d} grid {grid:11s} ({recorded}) {stem.name}.gz: {state}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -647,7 +760,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "densities")
     parser.add_argument("--nproc", type=int, default=2, help="MPI ranks (default 2)")
     parser.add_argument("--force", action="store_true", help="recompute existing outputs")
-    parser.add_argument("--dry-run", action="store_true", help="print what would be computed")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be computed and the grid of each file, against its JSON",
+    )
     args = parser.parse_args(argv)
     for name in args.systems:
         system = SYSTEMS[name]
@@ -655,15 +772,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.snapshots is not None:
             seeds = seeds[: args.snapshots]
         for seed in seeds:
-            stem = args.out / f"CHGCAR_{name}_seed{seed}"
-            done = stem.with_suffix(".gz").exists() and stem.with_suffix(".json").exists()
             if args.dry_run:
-                state = (
-                    "exists, skip" if done and not args.force else f"compute ({system.estimate})"
-                )
-                print(f"{name:8s} seed {seed:5d} -> {stem.with_suffix('.gz')}: {state}")
-                continue
-            compute(system, seed, args.out, args.nproc, args.force)
+                dry_run(system, seed, args.out, args.force)
+            else:
+                compute(system, seed, args.out, args.nproc, args.force)
     return 0
 
 
