@@ -15,9 +15,9 @@ The reader streams the file: the header line by line, the grids in slabs of whol
 lines parsed straight into the returned array, so its peak memory stays near the
 size of that array. It checks what a reader can: the header's counts against its
 lines, every grid's number of values, that only what VASP writes follows a grid
-(augmentation occupancies, magnetic moments, another grid, the end), and that the
-last value of a grid has the file's number format (a file cut inside its last
-number). Each problem is one `InputError` naming the file.
+(augmentation occupancies, magnetic moments, another grid, the end), and that every
+value of a grid is written like the grid's first (a number cut where the file ends,
+or broken in two). Each problem is one `InputError` naming the file.
 """
 
 from __future__ import annotations
@@ -665,11 +665,11 @@ def _check_forms(text: _Text, slab: bytes, starts: np.ndarray, reference: bytes)
         )
 
 
-def _check_format(text: _Text, first: bytes, last: bytes) -> None:
-    """Refuse a grid whose last value is written otherwise than its first: a cut number.
+def _check_last_value(text: _Text, first: bytes, last: bytes) -> None:
+    """Refuse a section whose last value is written otherwise than its first: a cut number.
 
-    A CHGCAR writes every value with an exponent and the same digits; a CHG file
-    (5 significant digits, G format) writes values of 0.1 and more without one.
+    Used for the augmentation occupancies, which are few; grids go through
+    `_check_forms`, which checks every value.
     """
     reference, form = _form(first), _form(last)
     if reference is None or form is None:
@@ -678,8 +678,8 @@ def _check_format(text: _Text, first: bytes, last: bytes) -> None:
     cut = form[0] != digits or (form[1] < 2 and (form[1] or (exponent and digits != _CHG_DIGITS)))
     if cut:
         raise text.error(
-            f"the last value of a grid, {last.decode()!r}, is not written like the others "
-            f"({first.decode()!r}): the file is cut inside a number"
+            f"line {text.line_number}: value {last.decode()!r} is not written like the "
+            f"section's first, {first.decode()!r}: a cut number"
         )
 
 
@@ -748,7 +748,7 @@ def _skip_augmentation(text: _Text, tokens: list[str]) -> None:
             f"{len(values)} values where the header says {count}"
         )
     if count:
-        _check_format(text, values[0].encode(), values[-1].encode())
+        _check_last_value(text, values[0].encode(), values[-1].encode())
 
 
 def _check_component(path: str | os.PathLike, component: str, blocks: int) -> None:
