@@ -210,7 +210,10 @@ def training_input(run: Run, steps: int) -> dict:
     training = config["training"]
     training.pop("validation_data", None)
     training["training_data"]["systems"] = "data"
-    training.update(numb_steps=steps, disp_freq=max(steps // 50, 1), save_freq=steps)
+    # DeePMD-kit's TF trainer saves only on steps that are multiples of disp_freq and save_freq:
+    # the curve's step must divide the run, or `dp freeze` finds no checkpoint
+    disp_freq = max(d for d in range(1, max(steps // 50, 1) + 1) if steps % d == 0)
+    training.update(numb_steps=steps, disp_freq=disp_freq, save_freq=steps)
     for key, value in run.settings:
         *parents, leaf = key.split(".")
         section = config

@@ -461,7 +461,9 @@ def _run_reassemble(args: argparse.Namespace) -> None:
                 f"{'' if len(structures) == 1 else f'frame {n}: '}grid {shape[0]} x {shape[1]} x "
                 f"{shape[2]} = {_points(shape):,} points (spacing "
                 f"{' '.join(f'{s:.3f}' for s in spacings)} Å) from {sources[source]}"
-                + (f" on {comm.Get_size()} MPI ranks" if comm is not None else ""),
+                + (f" on {comm.Get_size()} MPI ranks" if comm is not None else "")
+                + f"; about {_points(shape) * BYTES_PER_POINT / 2**20:,.0f} MiB of memory for "
+                "the grid",
                 flush=True,
             )
         with _Progress(_points(shape) if root else 0) as progress:

@@ -77,7 +77,7 @@ def template(name: str) -> dict:
 def train_and_freeze(folder: Path, config: dict) -> Path:
     """Run ``dp train`` and ``dp freeze`` in ``folder``; return the frozen model."""
     (folder / "input.json").write_text(json.dumps(config, indent=1))
-    for step in (["train", "input.json"], ["freeze", "-o", "model.pb"]):
+    for step in (["train", "--skip-neighbor-stat", "input.json"], ["freeze", "-o", "model.pb"]):
         result = run(DP, "--tf", *step, cwd=folder)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return folder / "model.pb"
@@ -110,3 +110,46 @@ def density_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
         data=folder / "data",
         workdir=folder,
     )
+
+
+@dataclass(frozen=True)
+class ForeignModels:
+    """Files that look like a frozen density model and are not one.
+
+    Attributes
+    ----------
+    dipole
+        The shared model's graph relabelled as a DeePMD-kit dipole model.
+    flipped
+        The shared model's graph with 20 bytes of a string constant flipped.
+    """
+
+    dipole: Path
+    flipped: Path
+
+
+@pytest.fixture(scope="session")
+def foreign_models(density_model: TrainedModel, tmp_path_factory) -> ForeignModels:
+    """Graphs derived from the shared model that dpcharge must refuse."""
+    import tensorflow as tf
+
+    folder = tmp_path_factory.mktemp("foreign_models")
+    graph = tf.compat.v1.GraphDef()
+    graph.ParseFromString(density_model.model.read_bytes())
+    for node in graph.node:
+        if node.name == "model_attr/model_type":
+            proto = tf.make_tensor_proto(b"dipole")
+            node.attr["value"].CopyFrom(tf.compat.v1.AttrValue(tensor=proto))
+        if node.name == "train_attr/training_script":
+            script = json.loads(tf.make_ndarray(node.attr["value"].tensor).item())
+            script["model"].update(type="standard", fitting_net={"type": "dipole"})
+            proto = tf.make_tensor_proto(json.dumps(script).encode())
+            node.attr["value"].CopyFrom(tf.compat.v1.AttrValue(tensor=proto))
+    dipole = folder / "dipole.pb"
+    dipole.write_bytes(graph.SerializeToString())
+    raw = bytearray(density_model.model.read_bytes())
+    at = raw.index(b"model_attr/tmap") + 40
+    raw[at : at + 20] = bytes(b ^ 0xFF for b in raw[at : at + 20])
+    flipped = folder / "flipped.pb"
+    flipped.write_bytes(bytes(raw))
+    return ForeignModels(dipole=dipole, flipped=flipped)

@@ -9,6 +9,7 @@ import ase.io
 import dpdata
 import numpy as np
 import pytest
+from ase.build import bulk
 from ase.calculators.vasp import VaspChargeDensity
 from ase.io.cube import read_cube_data
 from ase.units import Bohr
@@ -299,3 +300,54 @@ def test_dpcharge_test_prints_writes_json_and_figures(frozen_model, tmp_path):
     figures = sorted(p.name for p in (tmp_path / "f").iterdir())
     assert len(figures) == 8  # 4 per file; the two copies have distinct names
     assert all((tmp_path / "f" / name).read_bytes()[:4] == b"\x89PNG" for name in figures)
+
+
+def trajectory(folder, frames=3):
+    """An extxyz MD trajectory of rattled Si8 cells."""
+    structures = [bulk("Si", "diamond", a=5.43, cubic=True) for _ in range(frames)]
+    for number, atoms in enumerate(structures):
+        atoms.rattle(0.05, seed=number)
+    path = folder / "md.extxyz"
+    ase.io.write(path, structures)
+    return path, structures
+
+
+def test_reassemble_predicts_each_chosen_frame_into_its_own_file(frozen_model, tmp_path):
+    md, structures = trajectory(tmp_path)
+    out = tmp_path / "rho.cube"
+    result = dpcharge(
+        "reassemble", frozen_model, md, "-o", out, "--frames", "1:", "--format", "cube",
+        "--grid", 8, 8, 8,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "frame 0: grid 8 x 8 x 8" in result.stdout and "frame 1: grid" in result.stdout
+    model = DeepDensity(frozen_model)
+    for number, atoms in enumerate(structures[1:]):
+        data, cube_atoms = read_cube_data(str(tmp_path / f"rho_{number}.cube"))
+        np.testing.assert_allclose(cube_atoms.positions, atoms.positions, atol=1e-5)
+        expected = model.predict_grid(atoms, (8, 8, 8))
+        np.testing.assert_allclose(data / Bohr**3, expected, rtol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["md.extxyz", "rho_0.cube", "rho_1.cube"]
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    process = subprocess.Popen(
+        [*DPCHARGE, *map(str, ("convert", SI8, SI8, "-o", tmp_path / "out", "--points", 400))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # as `| head -0` does
+    stderr = process.stderr.read().decode()
+    assert process.wait() == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_a_long_prediction_outside_a_terminal_logs_progress_lines(frozen_model, tmp_path):
+    out = tmp_path / "CHGCAR"
+    result = dpcharge("reassemble", frozen_model, SI8, "-o", out, "--grid", 64, 64, 64)
+    assert result.returncode == 0, result.stderr
+    assert "262,144 points" in result.stdout and "MiB of memory" in result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.startswith("predict: ")]
+    assert len(lines) >= 5, result.stderr
+    assert lines[-1].startswith("predict: 100 % (262,144 of 262,144 points")
+    assert all("points/s, about" in line for line in lines)

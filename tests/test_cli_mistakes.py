@@ -9,9 +9,9 @@ and every input file unchanged.
 
 import gzip
 import hashlib
-import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import ase.io
 import numpy as np
@@ -55,35 +55,6 @@ def vasp4(folder):
     return edited(folder, "CHGCAR_vasp4", lambda lines: lines.pop(5))
 
 
-def relabelled_model(model, folder):
-    """The frozen graph relabelled as a DeePMD-kit dipole model."""
-    import tensorflow as tf
-
-    graph = tf.compat.v1.GraphDef()
-    graph.ParseFromString(model.read_bytes())
-    for node in graph.node:
-        if node.name == "model_attr/model_type":
-            proto = tf.make_tensor_proto(b"dipole")
-            node.attr["value"].CopyFrom(tf.compat.v1.AttrValue(tensor=proto))
-        if node.name == "train_attr/training_script":
-            script = json.loads(tf.make_ndarray(node.attr["value"].tensor).item())
-            script["model"].update(type="standard", fitting_net={"type": "dipole"})
-            proto = tf.make_tensor_proto(json.dumps(script).encode())
-            node.attr["value"].CopyFrom(tf.compat.v1.AttrValue(tensor=proto))
-    path = folder / "dipole.pb"
-    path.write_bytes(graph.SerializeToString())
-    return path
-
-
-def flipped_model(model, folder):
-    raw = bytearray(model.read_bytes())
-    at = raw.index(b"model_attr/tmap") + 40
-    raw[at : at + 20] = bytes(b ^ 0xFF for b in raw[at : at + 20])
-    path = folder / "flipped.pb"
-    path.write_bytes(bytes(raw))
-    return path
-
-
 def poscar(folder, atoms=None, name="POSCAR"):
     path = folder / name
     ase.io.write(path, atoms if atoms is not None else bulk("Si", "diamond", a=5.43), "vasp")
@@ -113,7 +84,8 @@ def dpcharge_folder(folder):
     return copy(out, SI8), out
 
 
-# Each case: (arguments as a function of the work folder and the model, message part).
+# Each case: the arguments as a function of the work folder and the models (`pb`, the
+# shared model; `dipole` and `flipped`, foreign ones), and a part of the expected message.
 CONVERT = {
     "missing file": (lambda f, m: ["convert", "nothere", "-o", "out"], "nothere: no such file"),
     "folder as input": (
@@ -125,8 +97,8 @@ CONVERT = {
         "the file is empty",
     ),
     "binary file": (
-        lambda f, m: ["convert", copy(f, m, "CHGCAR"), "-o", f / "out"],
-        "not a text file",
+        lambda f, m: ["convert", copy(f, m.pb, "CHGCAR"), "-o", f / "out"],
+        "CHGCAR: line 2: the scale factor is not a number",
     ),
     "corrupt gzip": (
         lambda f, m: ["convert", corrupt_gzip(f), "-o", f / "out"],
@@ -138,7 +110,7 @@ CONVERT = {
     ),
     "cut inside the last number": (
         lambda f, m: ["convert", cut_last_number(f), "-o", f / "out"],
-        "truncated",
+        "is not written like the others ('7.3157984539E+00'): the file is cut inside a number",
     ),
     "atom count too low": (
         lambda f, m: ["convert", edited(f, "CHGCAR", set_line(6, "   7")), "-o", f / "out"],
@@ -290,126 +262,150 @@ REASSEMBLE = {
         "not a frozen DeePMD-kit TensorFlow model",
     ),
     "model with flipped bytes": (
-        lambda f, m: ["reassemble", flipped_model(m, f), SI8, "-o", "out"],
+        lambda f, m: ["reassemble", m.flipped, SI8, "-o", "out"],
         "not a frozen DeePMD-kit TensorFlow model",
     ),
     "model of another kind": (
-        lambda f, m: ["reassemble", relabelled_model(m, f), SI8, "-o", "out"],
+        lambda f, m: ["reassemble", m.dipole, SI8, "-o", "out"],
         "not a density model (a DeePMD-kit 'dipole' model)",
     ),
     "element the model does not know": (
-        lambda f, m: ["reassemble", m, AL4, "-o", "out"],
+        lambda f, m: ["reassemble", m.pb, AL4, "-o", "out"],
         "holds Al, which the type map does not know",
     ),
     "missing structure": (
-        lambda f, m: ["reassemble", m, f / "POSCAR", "-o", "out"],
+        lambda f, m: ["reassemble", m.pb, f / "POSCAR", "-o", "out"],
         "POSCAR: no such file",
     ),
     "folder as structure": (
-        lambda f, m: ["reassemble", m, f, "-o", "out"],
+        lambda f, m: ["reassemble", m.pb, f, "-o", "out"],
         "is a folder, not a structure file",
     ),
     "garbage as structure": (
-        lambda f, m: ["reassemble", m, write_lines(f / "x.txt", ["no structure"]), "-o", "out"],
+        lambda f, m: [
+            "reassemble",
+            m.pb,
+            write_lines(f / "x.txt", ["no structure"]),
+            "-o",
+            "out",
+        ],
         "x.txt: unreadable structure",
     ),
     "NaN in a POSCAR": (
-        lambda f, m: ["reassemble", m, nan_poscar(f), "-o", "out"],
+        lambda f, m: ["reassemble", m.pb, nan_poscar(f), "-o", "out"],
         "POSCAR",
     ),
     "trajectory without frames": (
-        lambda f, m: ["reassemble", m, trajectory(f), "-o", "out"],
+        lambda f, m: ["reassemble", m.pb, trajectory(f), "-o", "out"],
         "--frames: ",
     ),
     "frame beyond the trajectory": (
-        lambda f, m: ["reassemble", m, trajectory(f), "-o", "out", "--frames", "7"],
+        lambda f, m: ["reassemble", m.pb, trajectory(f), "-o", "out", "--frames", "7"],
         "md.extxyz",
     ),
     "zero grid": (
-        lambda f, m: ["reassemble", m, SI8, "-o", "out", "--grid", 0, 4, 4],
+        lambda f, m: ["reassemble", m.pb, SI8, "-o", "out", "--grid", 0, 4, 4],
         "--grid: a grid needs three positive counts NX NY NZ, got (0, 4, 4)",
     ),
     "zero spacing": (
-        lambda f, m: ["reassemble", m, SI8, "-o", "out", "--spacing", 0],
+        lambda f, m: ["reassemble", m.pb, SI8, "-o", "out", "--spacing", 0],
         "--spacing: must be a positive number of Å, got 0.0",
     ),
     "infinite spacing": (
-        lambda f, m: ["reassemble", m, SI8, "-o", "out", "--spacing", "inf"],
+        lambda f, m: ["reassemble", m.pb, SI8, "-o", "out", "--spacing", "inf"],
         "--spacing: must be a positive number of Å, got inf",
     ),
     "grid beyond the memory": (
-        lambda f, m: ["reassemble", m, SI64, "-o", "out", "--spacing", 0.001],
+        lambda f, m: ["reassemble", m.pb, SI64, "-o", "out", "--spacing", 0.001],
         "GiB are free",
     ),
     "normalize without reference": (
-        lambda f, m: ["reassemble", m, poscar(f), "-o", "out", "--normalize"],
+        lambda f, m: ["reassemble", m.pb, poscar(f), "-o", "out", "--normalize"],
         "--normalize needs a reference density",
     ),
     "infinite electrons": (
-        lambda f, m: ["reassemble", m, SI8, "-o", "out", "--nelect", "inf"],
+        lambda f, m: ["reassemble", m.pb, SI8, "-o", "out", "--nelect", "inf"],
         "--nelect: must be a positive number of electrons, got inf",
     ),
     "negative electrons": (
-        lambda f, m: ["reassemble", m, SI8, "-o", "out", "--nelect", -5],
+        lambda f, m: ["reassemble", m.pb, SI8, "-o", "out", "--nelect", -5],
         "--nelect: must be a positive number of electrons, got -5.0",
     ),
     "zero chunk": (
-        lambda f, m: ["reassemble", m, SI8, "-o", "out", "--chunk", 0],
+        lambda f, m: ["reassemble", m.pb, SI8, "-o", "out", "--chunk", 0],
         "--chunk: must be positive, got 0",
     ),
     "negative threads": (
-        lambda f, m: ["reassemble", m, SI8, "-o", "out", "--threads", -1],
+        lambda f, m: ["reassemble", m.pb, SI8, "-o", "out", "--threads", -1],
         "--threads: must be 0 (one per core) or more, got -1",
     ),
     "output is the input": (
-        lambda f, m: ["reassemble", m, copy(f, SI8, "CHGCAR"), "-o", f / "CHGCAR", "--force"],
+        lambda f, m: [
+            "reassemble",
+            m.pb,
+            copy(f, SI8, "CHGCAR"),
+            "-o",
+            f / "CHGCAR",
+            "--force",
+        ],
         "is also an input: it is never overwritten",
     ),
     "existing output": (
-        lambda f, m: ["reassemble", m, SI8, "-o", write_lines(f / "CHGCAR_old", ["keep"])],
+        lambda f, m: ["reassemble", m.pb, SI8, "-o", write_lines(f / "CHGCAR_old", ["keep"])],
         "-o/--output: ",
     ),
     "output is a folder": (
-        lambda f, m: ["reassemble", m, SI8, "-o", f],
+        lambda f, m: ["reassemble", m.pb, SI8, "-o", f],
         "is a folder; name a file",
     ),
     "output in a missing folder": (
-        lambda f, m: ["reassemble", m, SI8, "-o", f / "no" / "CHGCAR"],
+        lambda f, m: ["reassemble", m.pb, SI8, "-o", f / "no" / "CHGCAR"],
         "the folder does not exist",
     ),
     "output where nothing can be written": (
-        lambda f, m: ["reassemble", m, SI8, "-o", "/proc/dpcharge_CHGCAR"],
+        lambda f, m: ["reassemble", m.pb, SI8, "-o", "/proc/dpcharge_CHGCAR"],
         "cannot write there",
     ),
     "existing npy": (
-        lambda f, m: ["reassemble", m, SI8, "-o", "out", "--npy", write_lines(f / "r.npy", [""])],
+        lambda f, m: [
+            "reassemble",
+            m.pb,
+            SI8,
+            "-o",
+            "out",
+            "--npy",
+            write_lines(f / "r.npy", [""]),
+        ],
         "--npy: ",
     ),
     "like a file of another cell": (
-        lambda f, m: ["reassemble", m, SI8, "-o", "out", "--like", SI64],
+        lambda f, m: ["reassemble", m.pb, SI8, "-o", "out", "--like", SI64],
         "CHGCAR_Si64_gamma_qe.gz: its cell differs",
     ),
 }
 
 TEST = {
     "negative threshold": (
-        lambda f, m: ["test", m, SI8, "--thresholds", -0.1],
+        lambda f, m: ["test", m.pb, SI8, "--thresholds", -0.1],
         "--thresholds: must be positive",
     ),
     "existing json": (
-        lambda f, m: ["test", m, SI8, "--json", write_lines(f / "m.json", ["{}"])],
+        lambda f, m: ["test", m.pb, SI8, "--json", write_lines(f / "m.json", ["{}"])],
         "--json: ",
     ),
     "plots is a file": (
-        lambda f, m: ["test", m, SI8, "--plots", write_lines(f / "figures", [""])],
+        lambda f, m: ["test", m.pb, SI8, "--plots", write_lines(f / "figures", [""])],
         "--plots: ",
     ),
     "truncated reference": (
-        lambda f, m: ["test", m, write_lines(f / "CHGCAR", si8_lines()[:5000])],
+        lambda f, m: ["test", m.pb, write_lines(f / "CHGCAR", si8_lines()[:5000])],
         "truncated",
     ),
-    "missing reference": (lambda f, m: ["test", m, f / "CHGCAR_none"], "no such file"),
-    "zero chunk": (lambda f, m: ["test", m, SI8, "--chunk", 0], "--chunk: must be positive"),
+    "missing reference": (lambda f, m: ["test", m.pb, f / "CHGCAR_none"], "no such file"),
+    "zero chunk": (
+        lambda f, m: ["test", m.pb, SI8, "--chunk", 0],
+        "--chunk: must be positive",
+    ),
 }
 
 
@@ -442,12 +438,13 @@ def test_the_corpus_covers_every_class_of_the_issue():
 
 @pytest.mark.parametrize(("builder", "message"), CASES)
 def test_mistake_ends_in_one_line_and_harms_nothing(
-    builder, message, density_model, tmp_path, monkeypatch, capsys
+    builder, message, density_model, foreign_models, tmp_path, monkeypatch, capsys
 ):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    argv = [str(a) for a in builder(work, density_model.model)]
+    models = SimpleNamespace(pb=density_model.model, **vars(foreign_models))
+    argv = [str(a) for a in builder(work, models)]
     before = snapshot(work)
     shared = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (SI8, SI64, AL4, SPIN)}
     status = main(argv)
