@@ -57,8 +57,6 @@ _CHG_DIGITS = 5
 _BLOCKS = {"total": 0, "magnetization": 1, "mx": 1, "my": 2, "mz": 3}
 """Grid block holding each component (the block count then says whether the file has it)."""
 
-_WHITESPACE = np.zeros(256, dtype=bool)
-_WHITESPACE[[9, 10, 11, 12, 13, 32]] = True
 _SIGN = np.zeros(256, dtype=bool)
 _SIGN[[43, 45]] = True
 _EXPONENT = np.zeros(256, dtype=bool)
@@ -544,7 +542,8 @@ def _read_block(text: _Text, shape: tuple[int, int, int], keep: bool) -> np.ndar
     reference = None
     while done < count:
         slab = text.slab()
-        blank = _WHITESPACE[np.frombuffer(slab, dtype=np.uint8)]
+        raw = np.frombuffer(slab, dtype=np.uint8)
+        blank = raw <= ord(" ")  # control bytes too: the parser then refuses them
         starts = np.flatnonzero(~blank & np.concatenate(([True], blank[:-1])))
         if len(starts) == 0:
             if not slab:
@@ -561,14 +560,14 @@ def _read_block(text: _Text, shape: tuple[int, int, int], keep: bool) -> np.ndar
                     f"line {line}: more values than the grid {'x'.join(map(str, shape))} holds"
                 )
             text.push_back(slab[cut:])
-            slab, starts = slab[:cut], starts[: count - done]
+            slab, raw, blank, starts = slab[:cut], raw[:cut], blank[:cut], starts[: count - done]
         if reference is None:
             reference = _token(slab, starts[0])
         if values is not None:
             parsed = values[done : done + len(starts)] = _parsed(text, slab, len(starts))
             if not np.all(np.isfinite(parsed)):
                 raise text.error("the density grid holds NaN or infinite values")
-        _check_forms(text, slab, starts, reference)
+        _check_forms(text, raw, blank, starts, reference)
         done += len(starts)
     return values
 
@@ -585,9 +584,7 @@ def _parsed(text: _Text, slab: bytes, count: int) -> np.ndarray:
     except ValueError:
         values = None
     if values is None or len(values) != count:
-        bad = next(
-            (token for token in slab.split() if not _is_numbers(token.decode("latin-1"))), b""
-        )
+        bad = next((token for token in slab.split() if not _parses(token)), slab.strip()[:20])
         raise text.error(f"non-numeric value {bad.decode('latin-1')!r} in the density grid")
     return values
 
@@ -617,22 +614,28 @@ def _form(token: bytes) -> tuple[int, int] | None:
     return len(digits.lstrip(b"0")) or len(digits), 0
 
 
-def _check_forms(text: _Text, slab: bytes, starts: np.ndarray, reference: bytes) -> None:
+def _check_forms(
+    text: _Text, raw: np.ndarray, blank: np.ndarray, starts: np.ndarray, reference: bytes
+) -> None:
     """Refuse a value of a slab of grid text written otherwise than ``reference``.
 
     Every value of a CHGCAR has one point, an exponent of 2 or 3 digits and the
     reference's digits after the point; a CHG value (G format) has one point and
     the reference's significant digits, with an exponent below 0.1. A cut number
     (``1.6969212328`` for ``1.6969212328E+01``) or a number broken in two differs.
+
+    Parameters
+    ----------
+    raw, blank
+        A slab's bytes and which of them are whitespace.
+    starts
+        Where each value starts.
     """
     form = _form(reference)
     if form is None:
         return  # not a number: the parser names it
     digits, exponent = form
-    raw = np.frombuffer(slab, dtype=np.uint8)
-    blank = _WHITESPACE[raw]
     ends = np.flatnonzero(~blank & np.append(blank[1:], True))
-    points = raw == ord(".")
     exponent2 = _EXPONENT[raw[np.maximum(ends - 3, 0)]] & _SIGN[raw[np.maximum(ends - 2, 0)]]
     exponent3 = (
         _EXPONENT[raw[np.maximum(ends - 4, 0)]]
@@ -640,13 +643,16 @@ def _check_forms(text: _Text, slab: bytes, starts: np.ndarray, reference: bytes)
         & _DIGIT[raw[np.maximum(ends - 2, 0)]]
     )
     has_exponent = exponent2 | exponent3
-    valid = (np.add.reduceat(points, starts, dtype=np.int32) == 1) & (
-        np.add.reduceat(_EXPONENT[raw], starts, dtype=np.int32) == has_exponent
-    )
-    if valid.all():
-        point = np.flatnonzero(points)  # one per value
-        valid = point > starts  # a digit or sign before the point
-        mantissa_end = np.where(exponent3, ends - 4, np.where(exponent2, ends - 3, ends + 1))
+    mantissa_end = np.where(exponent3, ends - 4, np.where(exponent2, ends - 3, ends + 1))
+    point = np.flatnonzero(raw == ord("."))
+    marks = np.flatnonzero(raw | 32 == ord("e"))  # E or e
+    if len(point) != len(starts) or not np.array_equal(marks, mantissa_end[has_exponent]):
+        # some value has no point or two, or an E elsewhere than before its exponent
+        valid = (np.add.reduceat(raw == ord("."), starts, dtype=np.int32) == 1) & (
+            np.add.reduceat(_EXPONENT[raw], starts, dtype=np.int32) == has_exponent
+        )
+    else:  # one point per value, the E only before the exponent
+        valid = (point > starts) & (point < mantissa_end)  # a digit or sign before the point
         after = mantissa_end - point - 1
         if exponent and digits != _CHG_DIGITS:  # CHGCAR: every value with an exponent
             valid &= has_exponent & (after == digits)
@@ -658,7 +664,7 @@ def _check_forms(text: _Text, slab: bytes, starts: np.ndarray, reference: bytes)
             zero = ~has_exponent & leading_zero & (after == digits - 1) & (nonzero == 0)
             valid &= (significant == digits) | zero
     if not valid.all():
-        token = _token(slab, starts[np.argmin(valid)]).decode("latin-1")
+        token = _token(raw.tobytes(), starts[np.argmin(valid)]).decode("latin-1")
         raise text.error(
             f"grid value {token!r} is not written like the grid's first, "
             f"{reference.decode('latin-1')!r}: a cut or broken number"
