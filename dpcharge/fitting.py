@@ -24,6 +24,11 @@ they have no fitting network, and the loss never sees them.
 - `DensityModel` (``model.type = "density"``): the energy model whose output
   statistics come from the ``atom_ener`` labels of grid points (mean and spread
   of the density) instead of from ``energy`` labels, which density data lack.
+- `Baseline` (``fitting_net.baseline``, optional): an atomic-density baseline
+  inside the graph, a sum over the descriptor's real neighbours of per-element
+  radial functions on a Gaussian basis, fitted by least squares to the training
+  densities (`baseline_features` in numpy, `graph_baseline_features` in the
+  graph); the network learns the density minus it.
 
 The input schemas of the three types are in `dpcharge.schema`.
 """
@@ -31,6 +36,9 @@ The input schemas of the three types are in `dpcharge.schema`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from itertools import product
 from typing import Any
 
 import numpy as np
@@ -43,14 +51,12 @@ from deepmd.tf.model.model import Model
 from deepmd.tf.utils.graph import get_tensor_by_name_from_graph
 from deepmd.tf.utils.sess import run_sess
 from deepmd.utils.data import DataRequirementItem
+from scipy.spatial import cKDTree
 
+from dpcharge.conventions import DENSITY, LABEL
 from dpcharge.errors import InputError
-from dpcharge.schema import DENSITY
 
 log = logging.getLogger("deepmd.dpcharge")
-
-LABEL = "atom_ener"
-"""Per-atom label (and model output key) holding the density in e/Å^3."""
 
 
 def grid_sees_grid(descrpt: Any, grid_type: int) -> bool:
@@ -111,32 +117,223 @@ def grid_mask(natoms: tf.Tensor, ntypes: int) -> tf.Tensor:
     return tf.cast(tf.range(natoms[0]) >= nreal, GLOBAL_TF_FLOAT_PRECISION)
 
 
-def density_stats(all_stat: dict, grid_type: int) -> tuple[float, float, int]:
-    """Return mean and standard deviation (e/Å^3) and count of grid-point labels.
+@dataclass(frozen=True)
+class Baseline:
+    """The atomic-density baseline: a sum of radial functions over the real neighbours.
+
+    Each real element ``t`` has a radial function ``f_t(r) = sum_k c_tk phi_k(r)`` on the basis
+    ``phi_k(r) = exp(-r^2 / (2 s_k^2)) (1 - r^2 / rcut^2)^2`` for ``r < rcut`` (0 beyond), with
+    widths ``s_k`` on a geometric ladder from ``width_min`` to ``width_max``. The basis is finite
+    at the nucleus and goes to 0 with its derivative at ``rcut``. The baseline at a grid point
+    is ``sum_j f_{t_j}(r_j)`` over the real atoms ``j`` the descriptor lists as its neighbours;
+    the network learns the density minus the baseline.
+
+    Attributes
+    ----------
+    basis
+        Radial functions per real element.
+    rcut
+        Cutoff radius of the radial functions, Å (at most the descriptor's).
+    width_min, width_max
+        Narrowest and widest Gaussian, Å.
+    trainable
+        Train the coefficients with the network, or keep the least-squares fit.
+    """
+
+    basis: int = 8
+    rcut: float = 4.0
+    width_min: float = 0.2
+    width_max: float = 2.5
+    trainable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.basis < 1:
+            raise InputError(f"basis must be at least 1, got {self.basis}", "baseline")
+        if not 0 < self.width_min <= self.width_max:
+            raise InputError(
+                f"widths must satisfy 0 < width_min <= width_max, got {self.width_min} "
+                f"and {self.width_max} Å",
+                "baseline",
+            )
+        if self.rcut <= 0:
+            raise InputError(f"rcut must be positive, got {self.rcut} Å", "baseline")
+
+    @property
+    def widths(self) -> np.ndarray:
+        """Widths ``s_k`` of the Gaussians, Å, shape (basis,)."""
+        return np.geomspace(self.width_min, self.width_max, self.basis)
+
+    def radial(self, squared_distances: np.ndarray) -> np.ndarray:
+        """Return the basis ``phi_k`` at squared distances (Å^2); shape (..., basis)."""
+        r2 = np.minimum(squared_distances, self.rcut**2)[..., None]
+        cutoff = (1.0 - r2 / self.rcut**2) ** 2
+        return np.exp(-r2 / (2.0 * self.widths**2)) * cutoff
+
+
+def baseline_neighbours(descrpt: Any, ntypes: int, rcut: float) -> list[int]:
+    """Return how many neighbours of each real element the descriptor lists (its ``sel``).
+
+    Parameters
+    ----------
+    descrpt
+        The model's descriptor: its neighbour list must be grouped by type (se_e2_a).
+    ntypes
+        Number of types, the grid type included.
+    rcut
+        Cutoff of the baseline, Å: the descriptor's must reach it.
+
+    Returns
+    -------
+    list of int
+        The descriptor's ``sel``: neighbours per type, the grid type last.
+    """
+    sel = list(getattr(descrpt, "sel_a", None) or [])
+    if len(sel) != ntypes or any(getattr(descrpt, "sel_r", None) or []):
+        raise InputError(
+            "needs a descriptor whose neighbour list is grouped by type, "
+            f"se_e2_a, not {type(descrpt).__name__}",
+            "baseline",
+        )
+    if rcut > descrpt.get_rcut():
+        raise InputError(
+            f"rcut {rcut} Å exceeds the descriptor's rcut {descrpt.get_rcut()} Å",
+            "baseline",
+        )
+    return sel
+
+
+def baseline_features(
+    coord: np.ndarray, box: np.ndarray, types: np.ndarray, sel: list[int], baseline: Baseline
+) -> np.ndarray:
+    """Return the basis sums at the grid points of one periodic frame.
+
+    Like the descriptor, each grid point keeps at most its ``sel[t]`` nearest atoms of
+    element ``t``.
+
+    Parameters
+    ----------
+    coord
+        Positions of all atoms, grid points included, Å, shape (natoms, 3).
+    box
+        Cell vectors as rows, Å, shape (3, 3) or (9,).
+    types
+        Type of each atom; the grid type is ``len(sel) - 1``.
+    sel
+        Neighbours kept per type (the descriptor's ``sel``), the grid type last.
+    baseline
+        The basis.
+
+    Returns
+    -------
+    np.ndarray
+        ``sum_j phi_k(r_j)`` over the neighbours of element ``t``, shape
+        (ngrid, (len(sel) - 1) * basis), ordered (t, k).
+    """
+    cell = np.reshape(box, (3, 3))
+    wrapped = (np.reshape(coord, (-1, 3)) @ np.linalg.inv(cell)) % 1.0 @ cell
+    plane_spacing = abs(np.linalg.det(cell)) / np.linalg.norm(
+        np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1
+    )
+    reach = np.ceil(baseline.rcut / plane_spacing).astype(int)
+    shifts = np.array(list(product(*(range(-n, n + 1) for n in reach)))) @ cell
+    points = wrapped[types == len(sel) - 1]
+    features = np.zeros((len(points), len(sel) - 1, baseline.basis))
+    for element, count in enumerate(sel[:-1]):
+        atoms = wrapped[types == element]
+        if count == 0 or len(atoms) == 0 or len(points) == 0:
+            continue
+        images = (atoms[None, :, :] + shifts[:, None, :]).reshape(-1, 3)
+        distances, _ = cKDTree(images).query(points, k=count, distance_upper_bound=baseline.rcut)
+        distances = np.reshape(distances, (len(points), count))
+        features[:, element] = baseline.radial(distances**2).sum(axis=1)
+    return features.reshape(len(points), -1)
+
+
+def graph_baseline_features(
+    nlist: tf.Tensor, rij: tf.Tensor, sel: list[int], baseline: Baseline
+) -> tf.Tensor:
+    """Return the basis sums of every local atom from the descriptor's neighbour list.
+
+    The graph twin of `baseline_features`.
+
+    Parameters
+    ----------
+    nlist
+        Neighbour indices, -1 for padding, shape [nframes, nloc * nnei], grouped by type
+        in ``sel`` order (the descriptor's ``get_nlist``).
+    rij
+        Neighbour minus centre positions, Å, shape [nframes, nloc * nnei * 3].
+    sel
+        Neighbours per type in the list, the grid type last.
+    baseline
+        The basis.
+
+    Returns
+    -------
+    tf.Tensor
+        Shape [nframes * nloc, (len(sel) - 1) * basis], ordered (t, k), in ``rij``'s precision.
+    """
+    nnei = sum(sel)
+    rij = tf.reshape(rij, [-1, nnei, 3])
+    r2 = tf.reduce_sum(tf.square(rij), axis=-1)
+    listed = tf.logical_and(tf.reshape(nlist, [-1, nnei]) >= 0, r2 < baseline.rcut**2)
+    r2 = tf.where(listed, r2, tf.fill(tf.shape(r2), tf.constant(baseline.rcut**2, r2.dtype)))
+    r2 = r2[:, :, None]
+    widths = tf.constant(baseline.widths, r2.dtype)
+    phi = tf.exp(-r2 / (2.0 * tf.square(widths))) * tf.square(1.0 - r2 / baseline.rcut**2)
+    starts = np.cumsum([0, *sel])
+    sums = [tf.reduce_sum(phi[:, starts[t] : starts[t + 1]], axis=1) for t in range(len(sel) - 1)]
+    return tf.concat(sums, axis=1)
+
+
+def stat_frames(all_stat: dict) -> Iterator[tuple[np.ndarray, ...]]:
+    """Yield the frames of DeePMD-kit's statistics batches one by one.
 
     Parameters
     ----------
     all_stat
-        DeePMD-kit's statistics batches (``make_stat_input``): ``atom_ener`` and
-        ``type`` per system and batch, each of shape (nframes, natoms).
-    grid_type
-        Index of the grid-point type.
+        Statistics batches (``make_stat_input``): ``coord``, ``box``, ``type`` and
+        ``atom_ener`` per system and batch.
+
+    Yields
+    ------
+    tuple of np.ndarray
+        Positions (natoms, 3) in Å, cell (3, 3) in Å, types (natoms,) and labels
+        (natoms,), the density in e/Å^3 at grid points.
+    """
+    keys = ("coord", "box", "type", LABEL)
+    for system in zip(*(all_stat[key] for key in keys), strict=True):
+        for coords, boxes, types, labels in zip(*system, strict=True):
+            types = np.asarray(types)
+            for frame in range(types.shape[0]):
+                yield (
+                    np.reshape(coords[frame], (-1, 3)),
+                    np.reshape(boxes[frame], (3, 3)),
+                    types[frame],
+                    np.reshape(labels[frame], types[frame].shape),
+                )
+
+
+def fit_baseline(features: np.ndarray, density: np.ndarray) -> np.ndarray:
+    """Fit the baseline coefficients to densities by linear least squares (float64).
+
+    The fit has a constant term, so the coefficients do not absorb the mean density.
+
+    Parameters
+    ----------
+    features
+        Basis sums at the grid points, shape (ngrid, nfeatures) (`baseline_features`).
+    density
+        Density at the grid points, e/Å^3, shape (ngrid,).
 
     Returns
     -------
-    tuple
-        Mean, standard deviation, number of grid points.
+    np.ndarray
+        Coefficients, e/Å^3, shape (nfeatures,).
     """
-    labels = []
-    for sys_labels, sys_types in zip(all_stat[LABEL], all_stat["type"], strict=True):
-        for batch_labels, batch_types in zip(sys_labels, sys_types, strict=True):
-            batch_types = np.asarray(batch_types)
-            batch_labels = np.reshape(batch_labels, batch_types.shape)
-            labels.append(batch_labels[batch_types == grid_type])
-    labels = np.concatenate(labels) if labels else np.zeros(0)
-    if labels.size == 0:
-        raise InputError("the training data hold no grid points with atom_ener labels")
-    return float(labels.mean()), float(labels.std()), int(labels.size)
+    design = np.column_stack([features, np.ones(len(density))])
+    solution, *_ = np.linalg.lstsq(design, density, rcond=None)
+    return solution[:-1]
 
 
 @Fitting.register(DENSITY)
@@ -144,8 +341,10 @@ class DensityFitting(EnerFitting):
     """Fitting of the density at grid points: an energy fitting with real atoms masked.
 
     The grid-point type (the last type) has a fitting network ``N``; its output
-    is ``rho = N * scale + bias`` in e/Å^3, where ``bias`` and ``scale`` are the
-    mean and standard deviation of the training densities (see
+    is ``rho = N * scale + bias + B`` in e/Å^3. ``B`` is the atomic-density
+    baseline (`Baseline`, 0 without one), whose coefficients are fitted to the
+    training densities by least squares; ``bias`` and ``scale`` are the mean and
+    standard deviation of the training densities minus ``B`` (see
     `compute_output_stats`), so ``N`` learns a quantity of order 1. Real types
     have no network and output exactly 0.
 
@@ -161,6 +360,9 @@ class DensityFitting(EnerFitting):
         density at a point must depend on the real atoms only.
     spin
         Must be None: spin models are not supported.
+    baseline
+        Options of `Baseline` (``basis``, ``rcut``, ``width_min``, ``width_max``,
+        ``trainable``); None: no baseline.
     **kwargs
         Options of DeePMD-kit's energy fitting (neuron, resnet_dt, precision,
         activation_function, seed, trainable, numb_fparam, numb_aparam).
@@ -172,6 +374,7 @@ class DensityFitting(EnerFitting):
         dim_descrpt: int,
         descrpt: Any = None,
         spin: Any = None,
+        baseline: dict | None = None,
         **kwargs: Any,
     ) -> None:
         if ntypes < 2:
@@ -192,17 +395,38 @@ class DensityFitting(EnerFitting):
                 f'"sel": [..., 0]) or exclude the pair with "exclude_types": '
                 f"[[{ntypes - 1}, {ntypes - 1}]]"
             )
+        self.baseline = Baseline(**baseline) if baseline is not None else None
+        if self.baseline is not None and descrpt is not None:
+            baseline_neighbours(descrpt, ntypes, self.baseline.rcut)
         super().__init__(ntypes, dim_descrpt, **kwargs)
+        self.descriptor = descrpt
         self.grid_type = ntypes - 1
         self.density_scale = 1.0
+        self.baseline_coefficients = np.zeros(
+            (ntypes - 1, self.baseline.basis if self.baseline else 0), dtype=np.float64
+        )
         self.stats_from_labels = False
 
-    def _build_lower(self, *args: Any, type_suffix: str = "", **kwargs: Any) -> tf.Tensor:
-        """Build the fitting net of one type; real types get a constant 0, no net."""
+    def _build_lower(
+        self,
+        start_index: int,
+        natoms: tf.Tensor,
+        inputs: tf.Tensor,
+        *args: Any,
+        type_suffix: str = "",
+        **kwargs: Any,
+    ) -> tf.Tensor:
+        """Build the fitting net of one type; real types get a constant 0, no net.
+
+        Follows ``deepmd.tf.fit.ener.EnerFitting._build_lower(start_index, natoms,
+        inputs, fparam, aparam, bias_atom_e, type_suffix, suffix, reuse)``, which
+        its ``build`` calls with ``type_suffix="_type_<index>"`` for each type.
+        """
         if type_suffix.startswith("_type_") and int(type_suffix[6:]) != self.grid_type:
-            inputs = args[2]
-            return tf.zeros([tf.shape(inputs)[0] * args[1], 1], GLOBAL_TF_FLOAT_PRECISION)
-        net = super()._build_lower(*args, type_suffix=type_suffix, **kwargs)
+            return tf.zeros([tf.shape(inputs)[0] * natoms, 1], GLOBAL_TF_FLOAT_PRECISION)
+        net = super()._build_lower(
+            start_index, natoms, inputs, *args, type_suffix=type_suffix, **kwargs
+        )
         return net * self.t_density_scale
 
     def build(
@@ -241,9 +465,28 @@ class DensityFitting(EnerFitting):
                 trainable=False,
                 initializer=tf.constant_initializer(self.density_scale),
             )
+            if self.baseline is not None:
+                t_baseline = tf.get_variable(
+                    "t_baseline",
+                    self.baseline_coefficients.shape,
+                    dtype=GLOBAL_TF_FLOAT_PRECISION,
+                    trainable=self.baseline.trainable,
+                    initializer=tf.constant_initializer(self.baseline_coefficients),
+                )
         outs = super().build(inputs, natoms, input_dict, reuse=reuse, suffix=suffix)
+        if self.baseline is not None:
+            outs += tf.reshape(self._build_baseline(t_baseline), [-1])
         outs = tf.reshape(outs, [-1, natoms[0]]) * grid_mask(natoms, self.ntypes)
         return tf.reshape(outs, [-1])
+
+    def _build_baseline(self, coefficients: tf.Tensor) -> tf.Tensor:
+        """Return the baseline (e/Å^3) of every local atom, shape [nframes * nloc, 1]."""
+        if self.descriptor is None:
+            raise InputError("needs the model's descriptor", "baseline")
+        sel = baseline_neighbours(self.descriptor, self.ntypes, self.baseline.rcut)
+        nlist, rij, *_ = self.descriptor.get_nlist()
+        features = graph_baseline_features(nlist, rij, sel, self.baseline)
+        return tf.matmul(features, tf.reshape(coefficients, [-1, 1]))
 
     def init_variables(self, graph: tf.Graph, graph_def: tf.GraphDef, suffix: str = "") -> None:
         """Take the variables, bias and scale from a frozen graph (dp compress, init).
@@ -261,6 +504,10 @@ class DensityFitting(EnerFitting):
         self.density_scale = float(
             get_tensor_by_name_from_graph(graph, f"fitting_attr{suffix}/t_density_scale")
         )
+        if self.baseline is not None:
+            self.baseline_coefficients = get_tensor_by_name_from_graph(
+                graph, f"fitting_attr{suffix}/t_baseline"
+            )
 
     def compute_input_stats(self, all_stat: dict, *args: Any, **kwargs: Any) -> None:
         """Compute the input statistics; refuse to run outside a density model."""
@@ -272,22 +519,47 @@ class DensityFitting(EnerFitting):
         super().compute_input_stats(all_stat, *args, **kwargs)
 
     def compute_output_stats(self, all_stat: dict, mixed_type: bool = False) -> None:
-        """Set bias and scale: mean and std of grid-point densities, 0 for real types.
+        """Fit the baseline, then set bias and scale: mean and std of the remainder.
+
+        Without a baseline the remainder is the density itself. Real types get bias 0.
 
         Parameters
         ----------
         all_stat
-            Statistics batches (``make_stat_input``) with ``atom_ener`` labels.
+            Statistics batches (``make_stat_input``) with ``coord``, ``box``, ``type``
+            and ``atom_ener`` labels.
         mixed_type
             Unused: grid points are found by their type in each frame.
         """
-        mean, std, count = density_stats(all_stat, self.grid_type)
+        if self.baseline is not None:
+            sel = baseline_neighbours(self.descriptor, self.ntypes, self.baseline.rcut)
+        densities, features = [], []
+        for coord, box, types, labels in stat_frames(all_stat):
+            densities.append(labels[types == self.grid_type])
+            if self.baseline is not None:
+                features.append(baseline_features(coord, box, types, sel, self.baseline))
+        density = np.concatenate(densities) if densities else np.zeros(0)
+        if density.size == 0:
+            raise InputError("the training data hold no grid points with atom_ener labels")
+        remainder = density
+        if self.baseline is not None:
+            features = np.concatenate(features)
+            coefficients = fit_baseline(features, density)
+            remainder = density - features @ coefficients
+            self.baseline_coefficients = coefficients.reshape(self.ntypes - 1, -1)
+            log.info(
+                "baseline fitted to %d grid points: density std %.6g, remainder std %.6g e/Å^3",
+                density.size,
+                density.std(),
+                remainder.std(),
+            )
+        mean, std = float(remainder.mean()), float(remainder.std())
         self.bias_atom_e = np.zeros(self.ntypes, dtype=np.float64)
         self.bias_atom_e[self.grid_type] = mean
         self.density_scale = std if std > 0 else 1.0
         log.info(
             "density statistics of %d grid points: mean %.6g, std %.6g e/Å^3",
-            count,
+            density.size,
             mean,
             std,
         )
@@ -326,8 +598,8 @@ class DensityFitting(EnerFitting):
         Returns
         -------
         dict
-            The energy fitting's data, ``type`` ``density``, and the scale in
-            ``@variables``.
+            The energy fitting's data, ``type`` ``density``, the baseline options,
+            and the scale and baseline coefficients in ``@variables``.
         """
         variables = self.fitting_net_variables
         if variables is not None:
@@ -343,7 +615,9 @@ class DensityFitting(EnerFitting):
             self.fitting_net_variables = variables
         data["type"] = DENSITY
         data["var_name"] = "density"
+        data["baseline"] = asdict(self.baseline) if self.baseline is not None else None
         data["@variables"]["density_scale"] = np.array(self.density_scale)
+        data["@variables"]["baseline_coefficients"] = self.baseline_coefficients
         return data
 
     @classmethod
@@ -360,10 +634,14 @@ class DensityFitting(EnerFitting):
         Returns
         -------
         DensityFitting
-            The fitting, with its bias, scale and networks.
+            The fitting, with its bias, scale, baseline coefficients and networks.
         """
         fitting = super().deserialize(data, suffix=suffix)
         fitting.density_scale = float(data["@variables"]["density_scale"])
+        if fitting.baseline is not None:
+            fitting.baseline_coefficients = np.asarray(
+                data["@variables"]["baseline_coefficients"], dtype=np.float64
+            )
         return fitting
 
 
@@ -487,6 +765,7 @@ class DensityModel(EnerModel):
             raise InputError("the density model does not support spin")
         super().__init__(descriptor=descriptor, fitting_net=fitting_net, **kwargs)
         self.fitting.stats_from_labels = True
+        self.fitting.descriptor = self.descrpt
 
     def _compute_output_stat(self, all_stat: dict, *args: Any, **kwargs: Any) -> None:
         """Let the fitting take bias and scale from the ``atom_ener`` labels.

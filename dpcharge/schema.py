@@ -18,8 +18,7 @@ from deepmd.utils.argcheck import (
     model_args_plugin,
 )
 
-DENSITY = "density"
-"""Name of the model, fitting and loss types registered with DeePMD-kit."""
+from dpcharge.conventions import DENSITY
 
 _FITTING_KEYS = (
     "numb_fparam",
@@ -34,8 +33,45 @@ _FITTING_KEYS = (
 """Energy-fitting options that keep their meaning for a density fitting."""
 
 
+_DOC_BASELINE = (
+    "Atomic-density baseline: per real element a radial function, the sum of `basis` "
+    "Gaussians exp(-r^2/(2 s_k^2)) with widths s_k on a geometric ladder from `width_min` "
+    "to `width_max` (Å), times (1 - r^2/rcut^2)^2 inside `rcut`; the baseline at a grid "
+    "point is the sum of its real neighbours' functions. Its coefficients are fitted by "
+    "least squares to the training densities when the output statistics are computed; the "
+    "network learns the density minus the baseline, scaled by the remainder's mean and "
+    "standard deviation. The frozen graph's output stays the density. Absent: no baseline."
+)
+
+
+def _baseline_args() -> list[Argument]:
+    return [
+        Argument("basis", int, optional=True, default=8, doc="Radial functions per real element."),
+        Argument(
+            "rcut",
+            float,
+            optional=True,
+            default=4.0,
+            doc="Cutoff radius of the radial functions, Å; at most the descriptor's rcut.",
+        ),
+        Argument("width_min", float, optional=True, default=0.2, doc="Narrowest Gaussian, Å."),
+        Argument("width_max", float, optional=True, default=2.5, doc="Widest Gaussian, Å."),
+        Argument(
+            "trainable",
+            bool,
+            optional=True,
+            default=False,
+            doc="Train the coefficients with the network (true) or keep the least-squares "
+            "fit (false).",
+        ),
+    ]
+
+
 def _fitting_density_args() -> list[Argument]:
-    return [arg for arg in fitting_ener() if arg.name in _FITTING_KEYS]
+    return [
+        *(arg for arg in fitting_ener() if arg.name in _FITTING_KEYS),
+        Argument("baseline", dict, _baseline_args(), optional=True, doc=_DOC_BASELINE),
+    ]
 
 
 _DOC_FITTING = (
@@ -52,7 +88,7 @@ _DOC_MODEL = (
     "(dpcharge, TensorFlow only) Charge-density model (Deep Charge): grid points are "
     "atoms of the last type of type_map, labelled by `atom_ener` = density in e/Å^3. "
     "Its output is a net scaled by the spread and shifted by the mean of the training "
-    "densities. The descriptor must not "
+    "densities, plus an optional atomic-density baseline. The descriptor must not "
     "let grid points see grid points (se_e2_a: sel 0 for the grid type)."
 )
 

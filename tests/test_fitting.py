@@ -5,19 +5,29 @@ import json
 import subprocess
 import sys
 import textwrap
+from dataclasses import asdict
 
 import deepmd.tf  # noqa: F401  (loads the dpcharge plugin through its entry point)
 import numpy as np
 import pytest
-from conftest import DATA, DP, TEMPLATES, run, template
+from conftest import DATA, DP, SI8, SMALL_NETWORK, TEMPLATES, run, template, train_and_freeze
 from dargs.dargs import ArgumentKeyError
 from deepmd.tf.descriptor import Descriptor
 from deepmd.tf.fit.fitting import Fitting
 from deepmd.tf.model.model import Model
 from deepmd.utils.argcheck import normalize
 
+from dpcharge.chgcar import read_structure
 from dpcharge.errors import InputError
-from dpcharge.fitting import DensityFitting, DensityLoss, DensityModel, grid_sees_grid
+from dpcharge.fitting import (
+    Baseline,
+    DensityFitting,
+    DensityLoss,
+    DensityModel,
+    baseline_features,
+    graph_baseline_features,
+    grid_sees_grid,
+)
 
 TEMPLATE_NAMES = sorted(path.name for path in TEMPLATES.glob("*.json"))
 
@@ -354,3 +364,223 @@ def test_compressed_model_predicts_the_same_densities(density_model, predictions
     atomic = atomic.reshape(predicted.shape)
     assert np.all(atomic[:, types != types.max()] == 0.0)
     np.testing.assert_allclose(atomic, predicted, rtol=0, atol=1e-5)
+
+
+# --- the atomic-density baseline ------------------------------------------------
+
+BASELINE = {"basis": 6, "rcut": 4.5, "width_min": 0.3, "width_max": 2.0}
+"""A baseline within the 5 Å descriptor of the tests."""
+
+
+def se_e2_a_5(sel):
+    return Descriptor(type="se_e2_a", sel=sel, rcut=5.0, rcut_smth=0.0, neuron=[4, 8])
+
+
+@pytest.fixture(scope="module")
+def si8_frames(tmp_path_factory):
+    """Ten frames of 200 random grid points of the real Si8 density (dpcharge convert)."""
+    folder = tmp_path_factory.mktemp("si8_frames")
+    result = run(
+        sys.executable, "-m", "dpcharge", "convert", SI8, "-o", folder / "data",
+        "--points", 2000, "--points-per-frame", 200, "--seed", 1, "-q",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return load(folder / "data" / "CHGCAR_Si8_qe")
+
+
+def numpy_features(frames, sel, baseline):
+    """`baseline_features` of every frame, shape (nframes, ngrid, nfeatures)."""
+    coords, cells, types, _ = frames
+    return np.stack(
+        [
+            baseline_features(coord, cell, types, sel, baseline)
+            for coord, cell in zip(coords, cells, strict=True)
+        ]
+    )
+
+
+@pytest.mark.parametrize("sel", [[48, 0], [10, 0]])
+def test_graph_baseline_features_equal_the_numpy_ones(si8_frames, sel):
+    from deepmd.common import make_default_mesh
+    from deepmd.tf.env import GLOBAL_TF_FLOAT_PRECISION, tf
+
+    coords, cells, types, _ = si8_frames
+    baseline = Baseline(**BASELINE)
+    expected = numpy_features(si8_frames, sel, baseline)
+    # sel 10 keeps fewer Si than lie within 4.5 Å of some points (4 + 12 + 12 shells)
+    with tf.Graph().as_default(), tf.Session() as sess:
+        descrpt = se_e2_a_5(sel)
+        inputs = {
+            "coord": tf.placeholder(GLOBAL_TF_FLOAT_PRECISION, [None]),
+            "box": tf.placeholder(GLOBAL_TF_FLOAT_PRECISION, [None]),
+            "type": tf.placeholder(tf.int32, [None]),
+            "natoms": tf.placeholder(tf.int32, [4]),
+            "mesh": tf.placeholder(tf.int32, [None]),
+        }
+        descrpt.build(
+            inputs["coord"], inputs["type"], inputs["natoms"], inputs["box"], inputs["mesh"], {}
+        )
+        nlist, rij, sel_a, _ = descrpt.get_nlist()
+        features = graph_baseline_features(nlist, rij, sel_a, baseline)
+        sess.run(tf.global_variables_initializer())
+        ngrid = int((types == 1).sum())
+        computed = sess.run(
+            features,
+            {
+                inputs["coord"]: coords.ravel(),
+                inputs["box"]: cells.ravel(),
+                inputs["type"]: np.tile(types, len(coords)),
+                inputs["natoms"]: [len(types), len(types), 8, ngrid],
+                inputs["mesh"]: make_default_mesh(True, False),
+            },
+        )
+    computed = computed.reshape(len(coords), len(types), -1)[:, types == 1]
+    assert np.all(computed[:, :, : baseline.basis].max(axis=1) > 0.1)  # every basis is seen
+    np.testing.assert_allclose(computed, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_baseline_fit_recovers_a_density_made_of_known_radial_functions(si8_frames):
+    coords, cells, types, _ = si8_frames
+    baseline = Baseline(**BASELINE)
+    rcut, widths = baseline.rcut, baseline.widths
+    coefficients = np.array([0.9, -0.6, 0.4, 0.08, -0.02, 0.005])  # e/Å^3
+    offset = 0.03  # e/Å^3
+    # every Si image within 4.5 Å of a point of the 5.43 Å cubic cell is one cell away at most
+    shifts = np.array(np.meshgrid(*[[-1, 0, 1]] * 3)).reshape(3, -1).T
+    densities = []
+    for coord, cell in zip(coords, cells, strict=True):
+        cell = cell.reshape(3, 3)
+        assert np.allclose(cell, np.diag(np.diag(cell))) and np.all(np.diag(cell) > rcut)
+        coord = coord.reshape(-1, 3)
+        images = (coord[types == 0][None] + (shifts @ cell)[:, None]).reshape(-1, 3)
+        r2 = np.sum((coord[:, None] - images[None]) ** 2, axis=-1)[..., None]
+        radial = np.exp(-r2 / (2 * widths**2)) * np.clip(1 - r2 / rcut**2, 0, None) ** 2
+        density = (radial @ coefficients).sum(axis=1) + offset
+        densities.append(np.where(types == 1, density, 0.0))
+    descrpt = se_e2_a_5([48, 0])
+    fitting = Fitting(
+        type="density", ntypes=2, dim_descrpt=descrpt.get_dim_out(), descrpt=descrpt,
+        baseline=BASELINE,
+    )  # fmt: skip
+    all_stat = {
+        "coord": [[coords]],
+        "box": [[cells]],
+        "type": [[np.tile(types, (len(coords), 1))]],
+        "atom_ener": [[np.stack(densities)]],
+    }
+    fitting.compute_output_stats(all_stat)
+    features = numpy_features(si8_frames, [48, 0], baseline).reshape(-1, baseline.basis)
+    design = np.column_stack([features, np.ones(len(features))])
+    # float64 least squares: relative error of the coefficients up to cond * eps
+    tolerance = 10 * np.linalg.cond(design) * np.finfo(np.float64).eps
+    assert tolerance < 1e-4
+    np.testing.assert_allclose(
+        fitting.baseline_coefficients.ravel(), coefficients, rtol=0, atol=tolerance
+    )
+    assert fitting.bias_atom_e.tolist() == [0.0, pytest.approx(offset, abs=tolerance)]
+    assert fitting.density_scale < 1e-10  # e/Å^3: nothing is left for the network
+
+
+def test_baseline_beyond_the_descriptor_or_without_a_type_grouped_list_is_refused():
+    descrpt = se_e2_a_5([48, 0])
+    with pytest.raises(InputError, match=r"rcut 6\.0 Å exceeds") as error:
+        Fitting(
+            type="density", ntypes=2, dim_descrpt=descrpt.get_dim_out(), descrpt=descrpt,
+            baseline={"rcut": 6.0},
+        )  # fmt: skip
+    assert error.value.parameter == "baseline"
+    radial = Descriptor(type="se_e2_r", sel=[10, 0], rcut=4.0, rcut_smth=0.0, neuron=[4, 8])
+    with pytest.raises(InputError, match="grouped by type"):
+        Fitting(
+            type="density", ntypes=2, dim_descrpt=radial.get_dim_out(), descrpt=radial,
+            baseline={"rcut": 3.0},
+        )  # fmt: skip
+    with pytest.raises(InputError, match="width_min <= width_max"):
+        Baseline(width_min=1.0, width_max=0.5)
+
+
+def test_baseline_options_have_defaults_and_old_inputs_have_no_baseline():
+    config = template("si.json")
+    assert "baseline" not in normalize(config)["model"]["fitting_net"]
+    config["model"]["fitting_net"]["baseline"] = {"trainable": True}
+    options = normalize(config)["model"]["fitting_net"]["baseline"]
+    assert options == {**asdict(Baseline()), "trainable": True}
+
+
+@pytest.fixture(scope="module")
+def baseline_model(tmp_path_factory):
+    """A small model with a trainable baseline, trained 200 steps on the real Si8 density."""
+    folder = tmp_path_factory.mktemp("baseline_model")
+    result = run(
+        sys.executable, "-m", "dpcharge", "convert", SI8, "-o", folder / "data",
+        "--points", 4000, "--points-per-frame", 200, "--seed", 0, "--validation", 0.1, "-q",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config = template("si.json")
+    for section, changes in SMALL_NETWORK.items():
+        config["model"][section].update(changes)
+    config["model"]["fitting_net"]["baseline"] = {**BASELINE, "trainable": True}
+    config["learning_rate"].update(start_lr=5e-3, stop_lr=3e-4, decay_steps=50)
+    config["training"].update(
+        training_data={"systems": "data/train", "batch_size": 2},
+        validation_data={"systems": "data/valid", "batch_size": 1, "numb_btch": 2},
+        numb_steps=200,
+        disp_freq=100,
+        save_freq=200,
+    )
+    return train_and_freeze(folder, config)
+
+
+def test_baseline_model_predicts_with_deeppot_what_reassemble_writes(baseline_model, tmp_path):
+    from deepmd.infer import DeepPot
+
+    result = run(
+        sys.executable, "-m", "dpcharge", "reassemble", baseline_model, SI8,
+        "-o", tmp_path / "CHGCAR", "--npy", tmp_path / "rho.npy",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    density = np.load(tmp_path / "rho.npy")  # e/Å^3
+    atoms = read_structure(SI8)
+    cell = atoms.cell.array
+    rng = np.random.default_rng(0)
+    indices = rng.integers(0, density.shape, size=(400, 3))
+    points = (indices / density.shape) @ cell
+    # leave out points the engine pushes off a nucleus (closer than 0.01 Å)
+    offsets = (points[:, None] - atoms.positions[None]) @ np.linalg.inv(cell)
+    nearest = np.linalg.norm((offsets - np.round(offsets)) @ cell, axis=-1).min(axis=1)
+    points, indices = points[nearest > 0.05], indices[nearest > 0.05]
+    types = [0] * len(atoms) + [1] * len(points)
+    coords = np.concatenate([atoms.positions, points])[None]
+    atomic = DeepPot(str(baseline_model)).eval(coords, cell.reshape(1, 9), types, atomic=True)[3]
+    expected = density[tuple(indices.T)]
+    assert expected.std() > 0.1  # e/Å^3: points from bonds to voids
+    np.testing.assert_allclose(atomic.ravel()[len(atoms) :], expected, rtol=1e-6, atol=0)
+
+
+def test_baseline_model_serializes_its_coefficients_and_compresses(baseline_model, tmp_path):
+    from deepmd.infer import DeepPot
+    from deepmd.tf.utils.serialization import serialize_from_file
+
+    fitting = serialize_from_file(str(baseline_model))["model"]["fitting"]
+    assert fitting["baseline"] == {**BASELINE, "trainable": True}
+    coefficients = fitting["@variables"]["baseline_coefficients"]
+    assert coefficients.shape == (1, BASELINE["basis"]) and np.all(coefficients != 0)
+    # the baseline explains most of the Si8 density: the network learns a smaller remainder
+    assert fitting["@variables"]["density_scale"] < 0.3 * 0.138
+    rebuilt = Fitting.deserialize(fitting)
+    np.testing.assert_array_equal(rebuilt.baseline_coefficients, coefficients)
+    compressed = tmp_path / "compressed.pb"
+    # -t: the training script, for the neighbour statistics that dp train may have skipped
+    result = run(
+        DP, "--tf", "compress", "-i", baseline_model, "-o", compressed, "-s", 0.1,
+        "-t", "input.json", cwd=baseline_model.parent,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    atoms = read_structure(SI8)
+    points = np.random.default_rng(1).uniform(0, 1, (300, 3)) @ atoms.cell.array
+    coords = np.concatenate([atoms.positions, points])[None]
+    types = [0] * len(atoms) + [1] * len(points)
+    cell = atoms.cell.array.reshape(1, 9)
+    original = DeepPot(str(baseline_model)).eval(coords, cell, types, atomic=True)[3]
+    atomic = DeepPot(str(compressed)).eval(coords, cell, types, atomic=True)[3]
+    np.testing.assert_allclose(atomic, original, rtol=0, atol=1e-5)
