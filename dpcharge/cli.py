@@ -35,6 +35,8 @@ FLAGS = {
     "chunk": "--chunk",
     "electrons": "--nelect",
     "frames": "--frames",
+    "models": "MODEL",
+    "deviation": "--deviation",
     "json": "--json",
     "npy": "--npy",
     "output": "-o/--output",
@@ -309,7 +311,13 @@ def _add_reassemble(commands: argparse._SubParsersAction) -> None:
         "(--frames), each is written to its own file: OUTPUT with _<n> before its "
         "extension, n counting the chosen frames from 0.",
     )
-    parser.add_argument("model", metavar="MODEL", help="frozen density model (dp --tf freeze)")
+    parser.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help="frozen density model (dp --tf freeze); several (an ensemble trained with other "
+        "seeds) predict their mean, and --deviation writes their spread",
+    )
     parser.add_argument(
         "structure",
         metavar="STRUCTURE",
@@ -328,6 +336,13 @@ def _add_reassemble(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--npy", metavar="FILE", help="also save the density as a numpy array (NX, NY, NZ) in e/Å^3"
+    )
+    parser.add_argument(
+        "--deviation",
+        metavar="FILE",
+        help="with several models: write their standard deviation at each grid point (e/Å^3, "
+        "an estimate of the error) in the --format of the output, or as a numpy array when "
+        "FILE ends in .npy",
     )
     parser.add_argument(
         "--frames",
@@ -405,16 +420,19 @@ def _run_reassemble(args: argparse.Namespace) -> None:
 
     check_chunk(args.chunk)
     check_workers(args.threads)
+    if args.deviation is not None and len(args.models) < 2:
+        raise InputError("--deviation needs two models or more (an ensemble)")
     comm = parallel.world()
     root = parallel.is_root(comm)
     structures, reference = read_structures(args.structure, args.frames)
-    inputs = [args.model, args.structure, *([args.like] if args.like else [])]
+    inputs = [*args.models, args.structure, *([args.like] if args.like else [])]
+    frames = len(structures)
     outputs = [
-        (_frame_path(args.output, n, len(structures)), _frame_path(args.npy, n, len(structures)))
-        for n in range(len(structures))
+        {key: _frame_path(getattr(args, key), n, frames) for key in ("output", "npy", "deviation")}
+        for n in range(frames)
     ]
-    for output, npy in outputs:  # on every rank, so that all refuse alike
-        for path, parameter in ((output, "output"), (npy, "npy")):
+    for paths in outputs:  # on every rank, so that all refuse alike
+        for parameter, path in paths.items():
             if path is not None:
                 check_output(path, inputs, replace=args.force, parameter=parameter)
     if args.like is not None:
@@ -439,53 +457,66 @@ def _run_reassemble(args: argparse.Namespace) -> None:
                 reference_shape=None if reference is None else reference.shape,
             )
         )
-    _check_memory(max(_points(shape) for shape, _ in grids), args.force)
+    spread = args.deviation is not None
+    _check_memory(max(_points(shape) for shape, _ in grids) * (1 + spread), args.force)
     with _quiet_tensorflow():
         from dpcharge.inference import DeepDensity
 
-        model = DeepDensity(args.model, workers=args.threads or parallel.workers_per_rank(comm))
+        model = DeepDensity(args.models, workers=args.threads or parallel.workers_per_rank(comm))
     sources = {
         "shape": "--grid",
         "spacing": f"--spacing {args.spacing} Å",
         "reference": f"--like {args.like}" if args.like else f"the grid of {args.structure}",
         "default": f"default spacing {SPACING} Å",
     }
-    for n, (atoms, (shape, source), (output, npy)) in enumerate(
+    write = write_cube if args.format == "cube" else write_chgcar
+    units = "cube, e/bohr^3" if args.format == "cube" else "CHGCAR, rho·V_cell"
+    for n, (atoms, (shape, source), paths) in enumerate(
         zip(structures, grids, outputs, strict=True)
     ):
-        spacings = [
-            length / count for length, count in zip(atoms.cell.lengths(), shape, strict=True)
-        ]
+        points = _points(shape)
         if root:
+            spacings = " ".join(f"{s:.3f}" for s in atoms.cell.lengths() / shape)
             print(
-                f"{'' if len(structures) == 1 else f'frame {n}: '}grid {shape[0]} x {shape[1]} x "
-                f"{shape[2]} = {_points(shape):,} points (spacing "
-                f"{' '.join(f'{s:.3f}' for s in spacings)} Å) from {sources[source]}"
+                f"{'' if frames == 1 else f'frame {n}: '}grid {shape[0]} x {shape[1]} x "
+                f"{shape[2]} = {points:,} points (spacing {spacings} Å) from {sources[source]}"
+                + (f", {model.size} models" if model.size > 1 else "")
                 + (f" on {comm.Get_size()} MPI ranks" if comm is not None else "")
-                + f"; about {_points(shape) * BYTES_PER_POINT / 2**20:,.0f} MiB of memory for "
-                "the grid",
+                + f"; about {points * BYTES_PER_POINT * (1 + spread) / 2**20:,.0f} MiB of "
+                "memory for the grid",
                 flush=True,
             )
-        with _Progress(_points(shape) if root else 0) as progress:
+        with _Progress(points if root else 0) as progress:
             if comm is None:
-                density = model.predict_grid(atoms, shape, args.chunk, progress)
+                result = model.predict_grid(atoms, shape, args.chunk, progress, spread)
             else:
-                density = parallel.predict_grid(model, atoms, shape, args.chunk, comm, progress)
+                result = parallel.predict_grid(
+                    model, atoms, shape, args.chunk, comm, progress, spread
+                )
         if not root:
             continue
+        density, deviation = result if spread else (result, None)
         volume = atoms.get_volume()
         print(f"predicted density integrates to {electron_count(density, volume):.4f} e")
         target = electron_count(reference, volume) if args.normalize else args.nelect
         if target is not None:
             density = rescale_to_electrons(density, volume, target)
             print(f"rescaled to {electron_count(density, volume):.4f} e")
-        write = write_cube if args.format == "cube" else write_chgcar
-        write(output, atoms, density)
-        units = "cube, e/bohr^3" if args.format == "cube" else "CHGCAR, rho·V_cell"
-        print(f"wrote {output} ({units})", flush=True)
-        if npy is not None:
-            write_npy(npy, density)
-            print(f"wrote {npy} (numpy array {shape}, e/Å^3)", flush=True)
+        write(paths["output"], atoms, density)
+        print(f"wrote {paths['output']} ({units})", flush=True)
+        if paths["npy"] is not None:
+            write_npy(paths["npy"], density)
+            print(f"wrote {paths['npy']} (numpy array {shape}, e/Å^3)", flush=True)
+        if deviation is not None:
+            if paths["deviation"].endswith(".npy"):
+                write_npy(paths["deviation"], deviation)
+            else:
+                write(paths["deviation"], atoms, deviation)
+            print(
+                f"wrote {paths['deviation']} (standard deviation of {model.size} models; mean "
+                f"{deviation.mean():.3g}, largest {deviation.max():.3g} e/Å^3)",
+                flush=True,
+            )
 
 
 def _frame_path(path: str | None, number: int, frames: int) -> str | None:
@@ -619,8 +650,14 @@ def _add_test(commands: argparse._SubParsersAction) -> None:
         "sum|error| / sum|rho| (%), R², the largest absolute error (e/Å^3) and the "
         "electron counts (e) of prediction and reference.",
     )
-    parser.add_argument("model", metavar="MODEL", help="frozen density model (dp --tf freeze)")
-    parser.add_argument("files", nargs="+", metavar="CHGCAR", help="reference densities")
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="MODEL.pb [...] CHGCAR",
+        help="frozen density model(s), named *.pb, then the reference densities; with "
+        "several models (an ensemble) the mean is judged, and how well the models' standard "
+        "deviation ranks its error (Spearman correlation, calibration figure)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument(
         "--plots",
@@ -649,58 +686,86 @@ def _run_test(args: argparse.Namespace) -> None:
 
     from dpcharge.chgcar import read_density
     from dpcharge.inference import check_chunk, check_workers
-    from dpcharge.metrics import TABLE_HEADER, density_errors
+    from dpcharge.metrics import TABLE_HEADER, density_errors, rank_errors
     from dpcharge.output import check_output, probe_folder, write_atomically
 
     check_chunk(args.chunk)
     check_workers(args.threads)
+    models = [path for path in args.paths if path.endswith(".pb")]
+    files = args.paths[len(models) :]
+    if not models or not files or models != args.paths[: len(models)]:
+        raise InputError(
+            "give the frozen models (named *.pb) first, then the reference densities", "models"
+        )
     if not all(0 < threshold < float("inf") for threshold in args.thresholds):
         raise InputError(f"must be positive e/Å^3, got {args.thresholds}", "thresholds")
-    names = _system_names(args.files)
-    inputs = [args.model, *args.files]
+    names = _system_names(files)
+    inputs = [*models, *files]
     if args.json is not None:
         check_output(args.json, inputs, replace=args.force, parameter="json")
     if args.plots is not None:
-        from dpcharge.plots import FIGURES
+        from dpcharge.plots import CALIBRATION, FIGURES
 
         plots = Path(args.plots)
         if plots.is_file():
             raise InputError(f"{plots} is a file, not a folder", "plots")
         if not plots.exists():
             probe_folder(plots.resolve().parent, "plots")
+        kinds = (*FIGURES, CALIBRATION) if len(models) > 1 else FIGURES
         for name in names if plots.exists() else ():
-            for figure in FIGURES:
-                check_output(plots / f"{name}_{figure}.png", inputs, args.force, "plots")
+            for kind in kinds:
+                check_output(plots / f"{name}_{kind}.png", inputs, args.force, "plots")
     with _quiet_tensorflow():
         from dpcharge.inference import DeepDensity
 
-        model = DeepDensity(args.model, workers=args.threads)
-    print(TABLE_HEADER, flush=True)
-    references, predictions, volumes, report = [], [], [], {}
-    for path, name in zip(args.files, names, strict=True):
+        model = DeepDensity(models, workers=args.threads)
+    ensemble = model.size > 1
+    print(TABLE_HEADER + (f" {'Spearman':>8}" if ensemble else ""), flush=True)
+    references, predictions, deviations, volumes, report = [], [], [], [], {}
+    for path, name in zip(files, names, strict=True):
         atoms, reference = read_density(path)
         with _Progress(reference.size) as progress:
-            prediction = model.predict_grid(atoms, reference.shape, args.chunk, progress)
+            result = model.predict_grid(atoms, reference.shape, args.chunk, progress, ensemble)
+        prediction, deviation = result if ensemble else (result, None)
         errors = density_errors([reference], [prediction], [atoms.get_volume()])
-        print(errors.row(name), flush=True)
         report[name] = {"path": str(path), **errors.as_dict()}
+        row = errors.row(name)
+        ranking = None
+        if ensemble:
+            ranking = rank_errors([deviation], [prediction - reference])
+            report[name]["deviation"] = ranking.as_dict()
+            deviations.append(deviation)
+            row += f" {ranking.spearman:>8.3f}"
+        print(row, flush=True)
         references.append(reference)
         predictions.append(prediction)
         volumes.append(atoms.get_volume())
         if args.plots is not None:
             from dpcharge.plots import write_figures
 
-            write_figures(args.plots, name, atoms, reference, prediction, args.thresholds)
+            write_figures(args.plots, name, atoms, reference, prediction, args.thresholds, ranking)
     overall = density_errors(references, predictions, volumes)
-    print(overall.row("overall"))
+    row, document = overall.row("overall"), {"overall": overall.as_dict()}
+    if ensemble:
+        errors = [p - r for p, r in zip(predictions, references, strict=True)]
+        ranking = rank_errors(deviations, errors)
+        document["overall"]["deviation"] = ranking.as_dict()
+        row += f" {ranking.spearman:>8.3f}"
+    print(row)
+    if ensemble:
+        print(
+            f"{model.size} models: mean deviation {ranking.mean_deviation:.3g} e/Å^3; Spearman "
+            "is the rank correlation of their deviation with the error of their mean"
+        )
     if args.plots is not None:
-        print(f"figures: {args.plots}/<name>_{{parity,errors,slice,line}}.png")
+        kinds = "parity,errors,slice,line" + (",calibration" if ensemble else "")
+        print(f"figures: {args.plots}/<name>_{{{kinds}}}.png")
     if args.json is not None:
         document = {
-            "model": str(args.model),
+            "models": [str(m) for m in models],
             "units": {"mae": "e/Å^3", "rmse": "e/Å^3", "max_error": "e/Å^3", "nmae": "%"},
             "files": report,
-            "overall": overall.as_dict(),
+            **document,
         }
         write_atomically(args.json, lambda s: json.dump(document, s, indent=2, ensure_ascii=False))
         print(f"wrote {args.json}")

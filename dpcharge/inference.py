@@ -26,7 +26,7 @@ import itertools
 import json
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,12 +79,19 @@ class Surroundings:
 
 
 class DeepDensity:
-    """A frozen density model, loaded once and evaluated on grids of any structure.
+    """Frozen density models, loaded once and evaluated on grids of any structure.
+
+    One model predicts the density. Several models (an ensemble: the same input
+    trained with other seeds, as DP-GEN does for potentials) predict their mean,
+    and their standard deviation estimates its error; each chunk of grid points
+    is evaluated by one model after the other, so memory does not grow with the
+    number of models.
 
     Parameters
     ----------
-    path
-        Frozen model (``dp --tf freeze``) trained with the ``density`` fitting.
+    paths
+        Frozen model(s) (``dp --tf freeze``) trained with the ``density``
+        fitting; several must share the type map and the cutoff.
     workers
         Chunks evaluated at the same time, each by one TensorFlow thread; 0
         means one per available core. The density does not depend on it.
@@ -92,30 +99,35 @@ class DeepDensity:
     Attributes
     ----------
     type_map
-        The model's type map (real elements, then the grid-point type).
+        The models' type map (real elements, then the grid-point type).
     rcut
         Cutoff radius in Å.
     """
 
-    def __init__(self, path: str | os.PathLike, workers: int = 0) -> None:
+    def __init__(
+        self, paths: str | os.PathLike | Sequence[str | os.PathLike], workers: int = 0
+    ) -> None:
         self.workers = check_workers(workers)
+        paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+        if not paths:
+            raise InputError("no model given", "models")
         tf = _import_tensorflow()
-        self.path = Path(path)
-        graph_def = _read_graph_def(self.path, tf)
-        constants = _graph_constants(graph_def, tf)
-        _check_density_model(self.path, graph_def, constants)
-        self.type_map = TypeMap.from_names(constants["model_attr/tmap"].decode().split())
-        self.rcut = float(constants["descrpt_attr/rcut"])
-        graph = tf.Graph()
-        with graph.as_default():
-            tf.import_graph_def(graph_def, name="")
-        config = tf.compat.v1.ConfigProto(
-            intra_op_parallelism_threads=1, inter_op_parallelism_threads=self.workers
-        )
-        self._session = tf.compat.v1.Session(graph=graph, config=config)
-        self._inputs = {name: graph.get_tensor_by_name(f"{name}:0") for name in _INPUTS}
-        self._output = graph.get_tensor_by_name("o_atom_energy:0")
-        self._coord_dtype = self._inputs["t_coord"].dtype.as_numpy_dtype
+        self._graphs = [_FrozenGraph(Path(path), self.workers, tf) for path in paths]
+        first = self._graphs[0]
+        for graph in self._graphs[1:]:
+            if (graph.type_map, graph.rcut) != (first.type_map, first.rcut):
+                raise InputError(
+                    f"{graph.path} has type map {list(graph.type_map.names)} and cutoff "
+                    f"{graph.rcut} Å, {first.path} {list(first.type_map.names)} and "
+                    f"{first.rcut} Å: an ensemble's models must share both",
+                    "models",
+                )
+        self.type_map, self.rcut = first.type_map, first.rcut
+
+    @property
+    def size(self) -> int:
+        """Number of models."""
+        return len(self._graphs)
 
     def surroundings(self, atoms: Atoms) -> Surroundings:
         """Return the real atoms around a structure's points, refusing unknown elements."""
@@ -129,7 +141,8 @@ class DeepDensity:
         shape: tuple[int, int, int],
         chunk: int = CHUNK,
         progress: Progress | None = None,
-    ) -> np.ndarray:
+        deviation: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Predict the density on every point of a grid spanning the cell.
 
         Parameters
@@ -142,17 +155,26 @@ class DeepDensity:
             Grid points per graph evaluation: bounds the memory.
         progress
             Told how many points each finished chunk held.
+        deviation
+            Also return the models' standard deviation (needs two models or more).
 
         Returns
         -------
-        numpy.ndarray
-            Density in e/Å^3, shape (NX, NY, NZ); ``density[i, j, k]`` is the value
-            at fractional coordinates (i/NX, j/NY, k/NZ).
+        density : numpy.ndarray
+            Density in e/Å^3 (the models' mean), shape (NX, NY, NZ);
+            ``density[i, j, k]`` is the value at fractional coordinates
+            (i/NX, j/NY, k/NZ).
+        spread : numpy.ndarray
+            With ``deviation``: the standard deviation across models, e/Å^3.
         """
         shape = check_grid_shape(shape)
-        density = np.empty(int(np.prod(shape)))
-        self.predict_range(self.surroundings(atoms), shape, density, 0, chunk, progress)
-        return density.reshape(shape)
+        size = int(np.prod(shape))
+        density = np.empty(size)
+        spread = np.empty(size) if deviation else None
+        self.predict_range(self.surroundings(atoms), shape, density, 0, chunk, progress, spread)
+        if spread is None:
+            return density.reshape(shape)
+        return density.reshape(shape), spread.reshape(shape)
 
     def predict_range(
         self,
@@ -162,6 +184,7 @@ class DeepDensity:
         start: int,
         chunk: int = CHUNK,
         progress: Progress | None = None,
+        deviation: np.ndarray | None = None,
     ) -> None:
         """Predict the density at flat grid indices ``start:start + len(out)``, chunk by chunk.
 
@@ -177,17 +200,23 @@ class DeepDensity:
         shape
             Grid counts (NX, NY, NZ).
         out
-            Receives the density in e/Å^3 of the range, flat, in C order.
+            Receives the density in e/Å^3 of the range (the models' mean), flat,
+            in C order.
         start
             First flat index; a multiple of ``chunk``.
         chunk
             Grid points per graph evaluation.
         progress
             Told how many points each finished chunk held.
+        deviation
+            If given, receives the standard deviation across the models (e/Å^3)
+            of the same points; needs two models or more.
         """
         chunk = check_chunk(chunk)
         if start % chunk:
             raise ValueError(f"the range must start on a chunk boundary, not at {start}")
+        if deviation is not None and self.size < 2:
+            raise InputError("a deviation needs two models or more", "models")
         stop = start + len(out)
         bounds = [(a, min(a + chunk, stop)) for a in range(start, stop, chunk)]
 
@@ -205,12 +234,15 @@ class DeepDensity:
                     pending.append((bound, pool.submit(evaluate, bound)))
                 while pending and (bound is None or len(pending) > 2 * self.workers):
                     (begin, end), future = pending.popleft()
-                    out[begin - start : end - start] = future.result()
+                    predictions = future.result()
+                    out[begin - start : end - start] = predictions.mean(axis=0)
+                    if deviation is not None:
+                        deviation[begin - start : end - start] = predictions.std(axis=0)
                     if progress is not None:
                         progress(end - begin)
 
     def predict_points(self, atoms: Atoms, points: np.ndarray) -> np.ndarray:
-        """Predict the density at given points, all in one graph evaluation.
+        """Predict the density at given points, all in one graph evaluation per model.
 
         Parameters
         ----------
@@ -223,12 +255,17 @@ class DeepDensity:
         Returns
         -------
         numpy.ndarray
-            Density in e/Å^3, shape (N,).
+            Density in e/Å^3 (the models' mean), shape (N,).
         """
-        return self._evaluate(self.surroundings(atoms), np.asarray(points, dtype=float))
+        points = np.asarray(points, dtype=float)
+        return self._evaluate(self.surroundings(atoms), points).mean(axis=0)
 
     def _evaluate(self, surroundings: Surroundings, points: np.ndarray) -> np.ndarray:
-        """Run the graph once: ``points`` (Å) are the local atoms, real atoms the ghosts."""
+        """Run each model once: ``points`` (Å) are the local atoms, real atoms the ghosts.
+
+        Returns the density in e/Å^3 of every model at every point, shape
+        (models, points).
+        """
         images = surroundings.images
         points = images.wrap(points)
         local = len(points)
@@ -246,13 +283,43 @@ class DeepDensity:
             [[local], np.zeros(_MESH_HEADER - 1), np.arange(local), counts, local + neighbour_index]
         )
         feed = {
-            self._inputs["t_coord"]: coords.reshape(-1).astype(self._coord_dtype),
-            self._inputs["t_type"]: types.astype(np.int32),
-            self._inputs["t_natoms"]: natoms,
-            self._inputs["t_box"]: images.cell.reshape(-1).astype(self._coord_dtype),
-            self._inputs["t_mesh"]: mesh.astype(np.int32),
+            "t_coord": coords.reshape(-1),
+            "t_type": types.astype(np.int32),
+            "t_natoms": natoms,
+            "t_box": images.cell.reshape(-1),
+            "t_mesh": mesh.astype(np.int32),
         }
-        return self._session.run(self._output, feed_dict=feed).reshape(local).astype(float)
+        return np.stack([graph.run(feed, local) for graph in self._graphs])
+
+
+class _FrozenGraph:
+    """One frozen model's graph in its own TensorFlow session."""
+
+    def __init__(self, path: Path, workers: int, tf: object) -> None:
+        self.path = path
+        graph_def = _read_graph_def(path, tf)
+        constants = _graph_constants(graph_def, tf)
+        _check_density_model(path, graph_def, constants)
+        self.type_map = TypeMap.from_names(constants["model_attr/tmap"].decode().split())
+        self.rcut = float(constants["descrpt_attr/rcut"])
+        graph = tf.Graph()  # type: ignore[attr-defined]
+        with graph.as_default():
+            tf.import_graph_def(graph_def, name="")  # type: ignore[attr-defined]
+        config = tf.compat.v1.ConfigProto(  # type: ignore[attr-defined]
+            intra_op_parallelism_threads=1, inter_op_parallelism_threads=workers
+        )
+        self._session = tf.compat.v1.Session(graph=graph, config=config)  # type: ignore[attr-defined]
+        self._inputs = {name: graph.get_tensor_by_name(f"{name}:0") for name in _INPUTS}
+        self._output = graph.get_tensor_by_name("o_atom_energy:0")
+        self._float = self._inputs["t_coord"].dtype.as_numpy_dtype
+
+    def run(self, feed: dict[str, np.ndarray], local: int) -> np.ndarray:
+        """Evaluate the graph; return the density (e/Å^3) at the ``local`` grid points."""
+        values = {
+            self._inputs[name]: array.astype(self._float) if array.dtype.kind == "f" else array
+            for name, array in feed.items()
+        }
+        return self._session.run(self._output, feed_dict=values).reshape(local).astype(float)
 
 
 def _import_tensorflow() -> object:

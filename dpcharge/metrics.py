@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from dpcharge.errors import InputError
 
@@ -148,4 +149,64 @@ def density_errors(
         max_error=float(absolute.max()),
         electrons_predicted=sum(map(electron_count, predictions, volumes)),
         electrons_reference=sum(map(electron_count, references, volumes)),
+    )
+
+
+@dataclass(frozen=True)
+class DeviationRanking:
+    """How well an ensemble's standard deviation ranks the error of its mean.
+
+    Attributes
+    ----------
+    spearman
+        Spearman rank correlation of deviation and absolute error over the grid.
+    mean_deviation
+        Mean standard deviation across the models, e/Å^3.
+    bin_deviation
+        Mean deviation in each bin of equally many grid points, sorted by
+        deviation, e/Å^3.
+    bin_error
+        Mean absolute error of the same bins, e/Å^3: equal to ``bin_deviation``
+        for a calibrated ensemble.
+    """
+
+    spearman: float
+    mean_deviation: float
+    bin_deviation: list[float]
+    bin_error: list[float]
+
+    def as_dict(self) -> dict[str, object]:
+        """Return the ranking as a plain dictionary (for JSON)."""
+        return asdict(self)
+
+
+def rank_errors(
+    deviations: list[np.ndarray], errors: list[np.ndarray], bins: int = 20
+) -> DeviationRanking:
+    """Compare an ensemble's deviation with the error of its mean over all grid points.
+
+    Parameters
+    ----------
+    deviations
+        Standard deviation across the models at each grid point, e/Å^3, one
+        array per structure.
+    errors
+        Prediction minus reference at the same points, e/Å^3.
+    bins
+        Number of bins of equally many points for the calibration curve.
+
+    Returns
+    -------
+    DeviationRanking
+        Spearman correlation, mean deviation and the binned calibration curve.
+    """
+    deviation = np.concatenate([np.ravel(d) for d in deviations])
+    absolute = np.abs(np.concatenate([np.ravel(e) for e in errors]))
+    order = np.argsort(deviation, kind="stable")
+    groups = np.array_split(order, min(bins, deviation.size))
+    return DeviationRanking(
+        spearman=float(spearmanr(deviation, absolute).statistic),
+        mean_deviation=float(deviation.mean()),
+        bin_deviation=[float(deviation[g].mean()) for g in groups],
+        bin_error=[float(absolute[g].mean()) for g in groups],
     )

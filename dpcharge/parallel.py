@@ -109,7 +109,8 @@ def predict_grid(
     chunk: int,
     comm: object,
     progress: Progress | None = None,
-) -> np.ndarray | None:
+    deviation: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray] | None:
     """Predict the density on a grid, split across the ranks of ``comm``.
 
     Parameters
@@ -126,11 +127,14 @@ def predict_grid(
         An ``mpi4py`` communicator.
     progress
         Told on rank 0 how many of its points each finished chunk held.
+    deviation
+        Also return the standard deviation across the models (an ensemble).
 
     Returns
     -------
-    numpy.ndarray or None
-        Density in e/Å^3, shape (NX, NY, NZ), on rank 0; None on the other ranks.
+    numpy.ndarray, a pair of them, or None
+        Density in e/Å^3, shape (NX, NY, NZ), and with ``deviation`` the models'
+        standard deviation, on rank 0; None on the other ranks.
 
     Raises
     ------
@@ -149,12 +153,20 @@ def predict_grid(
     blocks = [rank_block(size, chunk, ranks, r) for r in range(ranks)]
     start, stop = blocks[rank]
     root = rank == 0
-    density = np.empty(size) if root else None
-    share = density[start:stop] if root else np.empty(stop - start)  # type: ignore[index]
+    grids = [np.empty(size) if root else np.empty(stop - start) for _ in range(1 + deviation)]
+    shares = [grid[start:stop] if root else grid for grid in grids]
     refusal, crash = "", None
     try:
         surroundings = model.surroundings(atoms)
-        model.predict_range(surroundings, shape, share, start, chunk, progress if root else None)
+        model.predict_range(
+            surroundings,
+            shape,
+            shares[0],
+            start,
+            chunk,
+            progress if root else None,
+            shares[1] if deviation else None,
+        )
     except InputError as error:
         refusal = str(error)
     except Exception as error:  # any rank's crash must end all ranks, not hang them
@@ -170,9 +182,13 @@ def predict_grid(
         raise InputError(refusals[0])
     counts = [b - a for a, b in blocks]
     offsets = [a for a, _ in blocks]
-    if root:
-        # rank 0's block is already in place: receive in place (MPI.IN_PLACE)
-        comm.Gatherv(MPI.IN_PLACE, [density, counts, offsets, MPI.DOUBLE], root=0)  # type: ignore[attr-defined]
-        return density.reshape(shape)  # type: ignore[union-attr]
-    comm.Gatherv([share, MPI.DOUBLE], None, root=0)  # type: ignore[attr-defined]
-    return None
+    for grid in grids:
+        if root:  # rank 0's block is already in place: receive in place (MPI.IN_PLACE)
+            comm.Gatherv(MPI.IN_PLACE, [grid, counts, offsets, MPI.DOUBLE], root=0)  # type: ignore[attr-defined]
+        else:
+            comm.Gatherv([grid, MPI.DOUBLE], None, root=0)  # type: ignore[attr-defined]
+    if not root:
+        return None
+    if deviation:
+        return grids[0].reshape(shape), grids[1].reshape(shape)
+    return grids[0].reshape(shape)

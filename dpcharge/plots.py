@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from scipy.ndimage import map_coordinates
 
 from dpcharge.conventions import THRESHOLDS
-from dpcharge.metrics import density_errors
+from dpcharge.metrics import DeviationRanking, density_errors
 from dpcharge.output import write_atomically
 
 PARITY_POINTS = 200_000
@@ -28,6 +28,9 @@ PARITY_POINTS = 200_000
 
 FIGURES = ("parity", "errors", "slice", "line")
 """The figures written per structure, as ``<folder>/<name>_<figure>.png``."""
+
+CALIBRATION = "calibration"
+"""The figure added for an ensemble: mean absolute error against the models' deviation."""
 
 _DPI = 150
 
@@ -39,8 +42,9 @@ def write_figures(
     reference: np.ndarray,
     prediction: np.ndarray,
     thresholds: Sequence[float] = THRESHOLDS,
+    ranking: DeviationRanking | None = None,
 ) -> list[Path]:
-    """Write the four figures of one structure as ``folder/<name>_<figure>.png``.
+    """Write the figures of one structure as ``folder/<name>_<figure>.png``.
 
     Parameters
     ----------
@@ -54,11 +58,14 @@ def write_figures(
         DFT and predicted densities in e/Å^3 on the same (NX, NY, NZ) grid.
     thresholds
         Absolute errors in e/Å^3 whose fractions the histogram reports.
+    ranking
+        For an ensemble: how its deviation ranks the error; adds the
+        ``calibration`` figure.
 
     Returns
     -------
     list of pathlib.Path
-        The files written: parity, errors, slice, line.
+        The files written: parity, errors, slice, line (and calibration).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -68,8 +75,11 @@ def write_figures(
         slice_figure(atoms, reference, prediction),
         line_figure(atoms, reference, prediction),
     )
+    kinds = FIGURES
+    if ranking is not None:
+        figures, kinds = (*figures, calibration_figure(ranking)), (*FIGURES, CALIBRATION)
     paths = []
-    for kind, figure in zip(FIGURES, figures, strict=True):
+    for kind, figure in zip(kinds, figures, strict=True):
         path = folder / f"{name}_{kind}.png"
         write_atomically(
             path, lambda stream, f=figure: f.savefig(stream, format="png"), binary=True
@@ -174,4 +184,25 @@ def line_figure(atoms: Atoms, reference: np.ndarray, prediction: np.ndarray) -> 
     axes.set_xlabel("distance along the cell diagonal a+b+c (Å)")
     axes.set_ylabel("density (e/Å$^3$)")
     axes.legend()
+    return figure
+
+
+def calibration_figure(ranking: DeviationRanking) -> Figure:
+    """Mean absolute error against the ensemble's deviation, in bins of equally many points."""
+    figure = Figure(figsize=(4.5, 4.5), dpi=_DPI, layout="constrained")
+    axes = figure.add_subplot()
+    axes.loglog(ranking.bin_deviation, ranking.bin_error, "o-", ms=3, label="ensemble")
+    low = min(min(ranking.bin_deviation), min(ranking.bin_error))
+    high = max(max(ranking.bin_deviation), max(ranking.bin_error))
+    axes.plot([low, high], [low, high], color="black", lw=0.8, label="error = deviation")
+    axes.set_xlabel("standard deviation of the models (e/Å$^3$)")
+    axes.set_ylabel("mean absolute error of their mean (e/Å$^3$)")
+    axes.legend(loc="lower right", fontsize=8)
+    axes.text(
+        0.05,
+        0.95,
+        f"Spearman ρ = {ranking.spearman:.3f}\n{len(ranking.bin_error)} bins of equal size",
+        transform=axes.transAxes,
+        va="top",
+    )
     return figure

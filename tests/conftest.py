@@ -83,6 +83,23 @@ def train_and_freeze(folder: Path, config: dict) -> Path:
     return folder / "model.pb"
 
 
+def small_model_input(seed: int) -> dict:
+    """The shrunk si.json of the shared models, its networks initialised from ``seed``."""
+    config = template("si.json")
+    for section, changes in SMALL_NETWORK.items():
+        config["model"][section].update(changes, seed=seed)
+    config["learning_rate"].update(start_lr=5e-3, stop_lr=3e-4, decay_steps=50)
+    config["training"].update(
+        training_data={"systems": "data/train", "batch_size": 2},
+        validation_data={"systems": "data/valid", "batch_size": 1, "numb_btch": 4},
+        numb_steps=TRAINING_STEPS,
+        disp_freq=100,
+        save_freq=TRAINING_STEPS,
+        seed=seed,
+    )
+    return config
+
+
 @pytest.fixture(scope="session")
 def density_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     """A small density model trained for a few hundred steps on the real Si8 density."""
@@ -92,17 +109,7 @@ def density_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
         "--points", 8000, "--points-per-frame", 200, "--seed", 0, "--validation", 0.1, "-q",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    config = template("si.json")
-    for section, changes in SMALL_NETWORK.items():
-        config["model"][section].update(changes)
-    config["learning_rate"].update(start_lr=5e-3, stop_lr=3e-4, decay_steps=50)
-    config["training"].update(
-        training_data={"systems": "data/train", "batch_size": 2},
-        validation_data={"systems": "data/valid", "batch_size": 1, "numb_btch": 4},
-        numb_steps=TRAINING_STEPS,
-        disp_freq=100,
-        save_freq=TRAINING_STEPS,
-    )
+    config = small_model_input(seed=1)
     model = train_and_freeze(folder, config)
     return TrainedModel(
         model=model,
@@ -110,6 +117,14 @@ def density_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
         data=folder / "data",
         workdir=folder,
     )
+
+
+@pytest.fixture(scope="session")
+def second_model(density_model: TrainedModel, tmp_path_factory) -> Path:
+    """The shared model's input and data, trained from other random seeds: an ensemble of two."""
+    folder = tmp_path_factory.mktemp("second_model")
+    (folder / "data").symlink_to(density_model.data)
+    return train_and_freeze(folder, small_model_input(seed=2))
 
 
 @dataclass(frozen=True)
@@ -122,10 +137,14 @@ class ForeignModels:
         The shared model's graph relabelled as a DeePMD-kit dipole model.
     flipped
         The shared model's graph with 20 bytes of a string constant flipped.
+    germanium
+        The shared model's graph with the type map Ge X: a density model of
+        another element.
     """
 
     dipole: Path
     flipped: Path
+    germanium: Path
 
 
 @pytest.fixture(scope="session")
@@ -147,9 +166,16 @@ def foreign_models(density_model: TrainedModel, tmp_path_factory) -> ForeignMode
             node.attr["value"].CopyFrom(tf.compat.v1.AttrValue(tensor=proto))
     dipole = folder / "dipole.pb"
     dipole.write_bytes(graph.SerializeToString())
+    graph.ParseFromString(density_model.model.read_bytes())
+    for node in graph.node:
+        if node.name == "model_attr/tmap":
+            proto = tf.make_tensor_proto(b"Ge X")
+            node.attr["value"].CopyFrom(tf.compat.v1.AttrValue(tensor=proto))
+    germanium = folder / "germanium.pb"
+    germanium.write_bytes(graph.SerializeToString())
     raw = bytearray(density_model.model.read_bytes())
     at = raw.index(b"model_attr/tmap") + 40
     raw[at : at + 20] = bytes(b ^ 0xFF for b in raw[at : at + 20])
     flipped = folder / "flipped.pb"
     flipped.write_bytes(bytes(raw))
-    return ForeignModels(dipole=dipole, flipped=flipped)
+    return ForeignModels(dipole=dipole, flipped=flipped, germanium=germanium)

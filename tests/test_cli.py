@@ -351,3 +351,47 @@ def test_a_long_prediction_outside_a_terminal_logs_progress_lines(frozen_model, 
     assert len(lines) >= 5, result.stderr
     assert lines[-1].startswith("predict: 100 % (262,144 of 262,144 points")
     assert all("points/s, about" in line for line in lines)
+
+
+def test_reassemble_an_ensemble_writes_the_mean_and_the_deviation(
+    frozen_model, second_model, tmp_path
+):
+    result = dpcharge(
+        "reassemble", frozen_model, second_model, SI8, "-o", tmp_path / "CHGCAR",
+        "--deviation", tmp_path / "DEVIATION", "--npy", tmp_path / "mean.npy", "--grid", 12, 10, 8,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "2 models" in result.stdout and "standard deviation of 2 models" in result.stdout
+    atoms = read_density(SI8)[0]
+    mean, spread = DeepDensity([frozen_model, second_model]).predict_grid(
+        atoms, (12, 10, 8), deviation=True
+    )
+    np.testing.assert_array_equal(np.load(tmp_path / "mean.npy"), mean)
+    np.testing.assert_allclose(read_density(tmp_path / "DEVIATION")[1], spread, rtol=1e-9)
+    assert spread.max() > 1e-4
+
+
+def test_dpcharge_test_of_an_ensemble_ranks_the_error_by_the_deviation(
+    frozen_model, second_model, tmp_path
+):
+    result = dpcharge(
+        "test", frozen_model, second_model, SI8, "--json", tmp_path / "m.json",
+        "--plots", tmp_path / "figures",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "m.json").read_text())
+    atoms, dft = read_density(SI8)
+    mean, spread = DeepDensity([frozen_model, second_model]).predict_grid(
+        atoms, dft.shape, deviation=True
+    )
+    from scipy.stats import spearmanr
+
+    ranking = report["files"]["CHGCAR_Si8_qe"]["deviation"]
+    expected = spearmanr(spread.ravel(), np.abs(mean - dft).ravel()).statistic
+    assert ranking["spearman"] == pytest.approx(expected, abs=1e-12)
+    assert ranking["mean_deviation"] == pytest.approx(spread.mean(), rel=1e-12)
+    assert len(ranking["bin_error"]) == 20
+    assert report["files"]["CHGCAR_Si8_qe"]["mae"] == pytest.approx(np.abs(mean - dft).mean())
+    assert report["models"] == [str(frozen_model), str(second_model)]
+    assert (tmp_path / "figures" / "CHGCAR_Si8_qe_calibration.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Spearman" in result.stdout.splitlines()[0]

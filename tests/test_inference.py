@@ -128,3 +128,24 @@ def test_files_that_are_no_density_model_are_refused(foreign_models, tmp_path):
     for path, message in cases.items():
         with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
             DeepDensity(path)
+
+
+def test_an_ensemble_predicts_the_mean_and_the_spread_of_its_models(density_model, second_model):
+    atoms = read_density(SI8)[0]
+    shape = (10, 9, 8)
+    first = DeepDensity(density_model.model).predict_grid(atoms, shape, chunk=300)
+    second = DeepDensity(second_model).predict_grid(atoms, shape, chunk=300)
+    assert np.abs(first - second).mean() > 1e-4  # two different models
+    ensemble = DeepDensity([density_model.model, second_model], workers=2)
+    mean, spread = ensemble.predict_grid(atoms, shape, chunk=300, deviation=True)
+    np.testing.assert_allclose(mean, (first + second) / 2, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(spread, np.abs(first - second) / 2, rtol=0, atol=1e-15)
+    assert np.array_equal(ensemble.predict_grid(atoms, shape, chunk=300), mean)
+    with pytest.raises(InputError, match="models: a deviation needs two models or more"):
+        DeepDensity(second_model).predict_grid(atoms, shape, deviation=True)
+
+
+def test_an_ensemble_of_models_for_other_elements_is_refused(density_model, foreign_models):
+    with pytest.raises(InputError, match=r"germanium.pb has type map \['Ge', 'X'\]") as error:
+        DeepDensity([density_model.model, foreign_models.germanium])
+    assert "an ensemble's models must share both" in str(error.value)

@@ -97,19 +97,23 @@ def test_mpirun_two_ranks_writes_the_serial_file_byte_for_byte(
 
 
 @needs_mpi
-def test_mpirun_uneven_chunks_and_npy_match_serial(density_model, tmp_path):
+def test_mpirun_uneven_chunks_and_npy_match_serial(density_model, second_model, tmp_path):
     # 3 ranks, 5,400 points in chunks of 700: 8 chunks, the last one short
+    # an ensemble of two models, with their deviation
     options = ("--grid", 20, 18, 15, "--chunk", 700)
-    one = serial("reassemble", density_model.model, SI8, "-o", tmp_path / "a", "--npy",
-                 tmp_path / "a.npy", *options)  # fmt: skip
+    models = (density_model.model, second_model)
+    one = serial("reassemble", *models, SI8, "-o", tmp_path / "a", "--npy", tmp_path / "a.npy",
+                 "--deviation", tmp_path / "da.npy", *options)  # fmt: skip
     assert one.returncode == 0, one.stderr
-    three = mpirun(3, "reassemble", density_model.model, SI8, "-o", tmp_path / "b", "--npy",
-                   tmp_path / "b.npy", *options)  # fmt: skip
+    three = mpirun(3, "reassemble", *models, SI8, "-o", tmp_path / "b", "--npy",
+                   tmp_path / "b.npy", "--deviation", tmp_path / "db.npy", *options)  # fmt: skip
     assert three.returncode == 0, three.stdout + three.stderr
     a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
     assert a.shape == (20, 18, 15) and np.array_equal(a, b)
     assert np.ptp(a) > 0.01  # a real density, not a constant
     assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+    deviation = np.load(tmp_path / "da.npy")
+    assert np.array_equal(deviation, np.load(tmp_path / "db.npy")) and deviation.max() > 1e-4
 
 
 @needs_mpi
