@@ -142,10 +142,14 @@ def read_volumetric(path: Path) -> tuple:
 
 
 def read_structure_file(path: Path) -> tuple:
-    """Read with `read_structures`; return what must equal the original's."""
-    structures, density = read_structures(path)
+    """Read with `read_structures`; return what must equal the original's.
+
+    The density is left out: a volumetric file cut right after its header is a
+    POSCAR, byte for byte, and reads as the same structure without a density.
+    """
+    structures, _ = read_structures(path)
     atoms = structures[0]
-    return atoms.get_chemical_symbols(), atoms.cell.array, atoms.positions, density
+    return atoms.get_chemical_symbols(), atoms.cell.array, atoms.positions
 
 
 READERS: dict[str, Callable[[Path], tuple]] = {

@@ -369,11 +369,11 @@ def _read_header(text: _Text, species: Sequence[str] | None) -> Atoms:
     mode = _required_line(text, "the coordinate mode (Direct or Cartesian)")
     if mode.strip()[:1] in ("S", "s"):  # selective dynamics
         mode = _required_line(text, "the coordinate mode (Direct or Cartesian)")
-    positions = np.array(
-        [_position(text, n, sum(counts)) for n in range(1, sum(counts) + 1)], dtype=float
-    )
-    if not np.all(np.isfinite(positions)):
-        raise text.error("an atomic position holds NaN or infinite values")
+    rows = [_position(text, 1, sum(counts), None)]
+    forms = {_decimals(token) for token in rows[0]}
+    form = forms.pop() if len(forms) == 1 else None  # one number format: a written file
+    rows += [_position(text, n, sum(counts), form) for n in range(2, sum(counts) + 1)]
+    positions = np.array(rows, dtype=float)
     symbols = [name for name, count in zip(names, counts, strict=True) for _ in range(count)]
     if mode.strip()[:1] in ("C", "c", "K", "k"):
         return Atoms(symbols, positions=positions * scale, cell=cell, pbc=True)
@@ -496,8 +496,12 @@ def _numbers(
     )
 
 
-def _position(text: _Text, number: int, atoms: int) -> list[float]:
-    """Read position line ``number`` of ``atoms``: three numbers, then optional flags or names."""
+def _position(text: _Text, number: int, atoms: int, form: int | None) -> list[str]:
+    """Read position line ``number`` of ``atoms``: three numbers, then optional flags or names.
+
+    When the first position line writes its numbers with the same decimals
+    (``form``, a file written by a program), every position must be written so.
+    """
     line = text.line()
     if line is None or not line.strip():
         end = "the file ends" if line is None else "a blank line comes"
@@ -511,13 +515,28 @@ def _position(text: _Text, number: int, atoms: int) -> list[float]:
             f"line {text.line_number}: position {number} of {atoms} is not three numbers "
             f"({line.strip()!r})"
         )
-    forms = {_form(token.encode()) for token in tokens[:3]}
+    if not np.all(np.isfinite(np.array(tokens[:3], dtype=float))):
+        raise text.error(
+            f"line {text.line_number}: an atomic position holds NaN or infinite values"
+        )
+    forms = {_decimals(token) for token in tokens[:3]}
+    if form is not None and forms != {form}:
+        raise text.error(
+            f"line {text.line_number}: position {number} ({line.strip()!r}) is not written like "
+            "the first: a cut or broken number"
+        )
     if not text.line_ended and len(forms) > 1:  # the file ends inside this line
         raise text.error(
             f"line {text.line_number}: the file ends inside a position ({line.strip()!r}): "
             "a cut number"
         )
-    return [float(token) for token in tokens[:3]]
+    return tokens[:3]
+
+
+def _decimals(token: str) -> int:
+    """Return the digits after the point of a fixed-point number; -1 for any other form."""
+    match = _NUMBER.fullmatch(token.encode())
+    return -1 if match is None or match[3] is not None else len(match[2])
 
 
 def _is_numbers(line: str) -> bool:

@@ -218,6 +218,10 @@ def test_writing_never_leaves_a_half_written_file(tmp_path):
             "an atomic position holds NaN or infinite values",
         ),
         (lambda lines: [*lines[:3], "  inf  0  0", *lines[4:]], "the cell holds NaN or infinite"),
+        (
+            lambda lines: [*lines[:9], lines[9][:-10] + " abc " + lines[9][-10:], *lines[10:]],
+            "line 10: position 2 ('0.2500000000000000  0.2500000000000000  0.250000 abc",
+        ),
         (lambda lines: [*lines[:5], " Si  Si", *lines[6:]], "line 7: expected 2 atom counts"),
         (lambda lines: [*lines[:3], "  5.43  0.0", *lines[4:]], "line 4: cell vector 2 is not"),
         (
