@@ -332,13 +332,24 @@ class _Text:
 
 @contextmanager
 def _opened(path: str | os.PathLike) -> Iterator[_Text]:
-    """Open a plain or gzip file (gzip recognised by content) as `_Text`."""
+    """Open a plain or gzip file (gzip recognised by content) as `_Text`.
+
+    A gzip file is checked (CRC, length) only at its end, so when reading stops
+    at a problem in the text, the rest is decompressed to see whether the cause
+    is a broken gzip file, which is then the message.
+    """
     try:
         with open(path, "rb") as raw:
             compressed = raw.read(2) == b"\x1f\x8b"
             raw.seek(0)
             stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
-            yield _Text(path, stream, compressed)
+            text = _Text(path, stream, compressed)
+            try:
+                yield text
+            except InputError:
+                while compressed and text.slab():  # raises if the gzip file is broken
+                    pass
+                raise
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
