@@ -264,7 +264,7 @@ def test_corrupt_gzip_content_and_binary_files_give_one_line_errors(tmp_path):
     compressed = bytearray(SI8.read_bytes())
     compressed[40000:40064] = bytes(64)  # decompresses to garbage text first, fails the CRC
     (tmp_path / "garbage.gz").write_bytes(bytes(compressed))
-    with pytest.raises(InputError, match="broken gzip file .CRC check failed"):
+    with pytest.raises(InputError, match=re.escape("broken gzip file (CRC check failed")):
         read_density(tmp_path / "garbage.gz")
     header = gzip.decompress(SI8.read_bytes())[:700]
     (tmp_path / "binary_grid").write_bytes(header + bytes(range(256)) * 40)
