@@ -470,7 +470,7 @@ def _read_grid_line(text: _Text, atoms: Atoms) -> tuple[int, int, int]:
 
 def _is_velocities(tokens: list[str]) -> bool:
     """Whether a line after the positions starts a CONTCAR's velocities (ase writes a mode)."""
-    mode = len(tokens) == 1 and tokens[0][:1] in ("C", "c", "K", "k", "D", "d")
+    mode = len(tokens) == 1 and tokens[0].lower() in ("cartesian", "direct", "c", "k", "d")
     return mode or (len(tokens) == 3 and _is_numbers(" ".join(tokens)))
 
 
