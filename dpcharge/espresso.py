@@ -28,9 +28,10 @@ rho(-G) = conj(rho(G)).
 
 The G vectors are those with |G|^2 <= ecutrho (|G| in 1/bohr, ecutrho in Ry), in pw.x's own
 order: by increasing |G|^2 (ties within 1e-8 (2 pi/alat)^2), then by (m1, m2, m3) ascending.
-pw.x 6.7 reads ``rho(G)`` by position, not by Miller index (a shuffled file gives a wrong
-start); a file with fewer G vectors than the run leaves the rest zero. The order does not
-depend on the number of MPI ranks (2 ranks write the same Miller record as 1).
+pw.x 6.7 reads ``rho(G)`` by position, not by Miller index: the same file shuffled gives a
+wrong start (8 SCF iterations instead of 1), and a file holding only the first half of the
+G vectors still restarts in 1. The order does not depend on the number of MPI ranks (2 ranks
+write the same Miller record as 1).
 
 Units at the boundary: dpcharge holds densities in e/Å^3 and cells in Å; the file holds
 e/bohr^3 and 1/bohr, converted with `QE_BOHR`.
@@ -48,7 +49,7 @@ from typing import BinaryIO
 import numpy as np
 from ase import Atoms
 from ase.io import read
-from ase.io.espresso import read_fortran_namelist
+from ase.io.espresso import get_atomic_species, label_to_symbol, read_fortran_namelist
 
 from dpcharge.errors import InputError
 from dpcharge.grid import check_cell, check_grid_shape
@@ -100,6 +101,8 @@ class PwInput:
         Element -> valence charge (e) of its pseudopotential.
     tot_charge
         pw.x's ``tot_charge`` (e): the cell holds that many electrons fewer.
+    fft_grid
+        ``nr1, nr2, nr3`` when the input sets all three, else None.
     """
 
     path: Path
@@ -114,6 +117,7 @@ class PwInput:
     pseudopotentials: dict[str, Path]
     z_valence: dict[str, float]
     tot_charge: float
+    fft_grid: tuple[int, int, int] | None = None
 
     @property
     def electrons(self) -> float:
@@ -128,7 +132,15 @@ class PwInput:
 
     @property
     def dense_grid(self) -> tuple[int, int, int]:
-        """Return pw.x's dense FFT grid for this cell and ``ecutrho`` (see `dense_grid`)."""
+        """Return a dense FFT grid for this run: ``nr1, nr2, nr3`` if set, else `dense_grid`.
+
+        pw.x 6.7 takes ``nr1, nr2, nr3`` as given (28, 21, 27 stay so, factor 7 included).
+
+        For a crystal whose symmetry has fractional translations pw.x may take a finer
+        grid (see `dense_grid`); this one holds the density file's G vectors all the same.
+        """
+        if self.fft_grid is not None:
+            return self.fft_grid
         return dense_grid(self.atoms.cell.array, self.ecutrho)
 
 
@@ -153,7 +165,7 @@ def read_pw_input(path: str | os.PathLike, workdir: str | os.PathLike | None = N
     workdir = Path.cwd() if workdir is None else Path(workdir)
     try:
         with open(path) as stream:
-            namelists, _ = read_fortran_namelist(stream)
+            namelists, cards = read_fortran_namelist(stream)
         atoms = read(path, format="espresso-in")
     except OSError as error:
         raise InputError(f"{path}: cannot read it ({error.strerror})") from None
@@ -168,11 +180,9 @@ def read_pw_input(path: str | os.PathLike, workdir: str | os.PathLike | None = N
     outdir = settings.get("outdir") or os.environ.get("ESPRESSO_TMPDIR") or "./"
     default_pseudo = os.environ.get("ESPRESSO_PSEUDO") or str(Path.home() / "espresso" / "pseudo")
     pseudo_dir = workdir / Path(settings.get("pseudo_dir") or default_pseudo).expanduser()
-    pseudopotentials = _pseudopotentials(path, pseudo_dir)
-    with open(path) as stream:
-        gamma_only = any(
-            re.match(r"\s*K_POINTS\W*\s*gamma", line, re.IGNORECASE) for line in stream
-        )
+    pseudopotentials = _pseudopotentials(path, int(settings["ntyp"]), cards, pseudo_dir)
+    gamma_only = any(re.match(r"K_POINTS\W*gamma", line, re.IGNORECASE) for line in cards)
+    fft_grid = tuple(int(settings.get(f"nr{i}", 0)) for i in (1, 2, 3))
     return PwInput(
         path=path,
         atoms=atoms,
@@ -186,16 +196,13 @@ def read_pw_input(path: str | os.PathLike, workdir: str | os.PathLike | None = N
         pseudopotentials=pseudopotentials,
         z_valence={symbol: read_z_valence(upf) for symbol, upf in pseudopotentials.items()},
         tot_charge=float(settings.get("tot_charge", 0.0)),
+        fft_grid=fft_grid if min(fft_grid) > 0 else None,  # type: ignore[arg-type]
     )
 
 
-def _pseudopotentials(path: Path, pseudo_dir: Path) -> dict[str, Path]:
+def _pseudopotentials(path: Path, ntyp: int, cards: list[str], pseudo_dir: Path) -> dict[str, Path]:
     """Return element -> UPF file from the ATOMIC_SPECIES card (labels such as Fe1 -> Fe)."""
-    from ase.io.espresso import get_atomic_species, label_to_symbol
-
-    with open(path) as stream:
-        namelists, cards = read_fortran_namelist(stream)
-    species = get_atomic_species(cards, n_species=int(namelists["system"]["ntyp"]))
+    species = get_atomic_species(cards, n_species=ntyp)
     found: dict[str, Path] = {}
     for label, _mass, upf in species:
         symbol = label_to_symbol(label)
