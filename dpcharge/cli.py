@@ -26,15 +26,19 @@ from dpcharge.conventions import (
     GRID_TYPE,
     POINTS,
     POINTS_PER_FRAME,
+    RANKING_SPACING,
     SPACING,
     THRESHOLDS,
+    UNIFORM_SHARE,
 )
 from dpcharge.errors import InputError
 
 FLAGS = {
     "chunk": "--chunk",
+    "component": "--component",
     "electrons": "--nelect",
     "frames": "--frames",
+    "count": "-n",
     "models": "MODEL",
     "deviation": "--deviation",
     "json": "--json",
@@ -109,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_convert(commands)
     _add_reassemble(commands)
     _add_test(commands)
+    _add_select(commands)
     return parser
 
 
@@ -191,6 +196,21 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
         "(magnetization) or non-collinear (mx, my, mz) file",
     )
     parser.add_argument(
+        "--select-by",
+        nargs="+",
+        metavar="MODEL",
+        help="concurrent learning: take the --points where these models (an ensemble, two or "
+        "more) disagree most, after a --uniform-share of uniform ones, instead of uniform "
+        "points only; costs one whole-grid prediction per model and file",
+    )
+    parser.add_argument(
+        "--uniform-share",
+        type=float,
+        default=UNIFORM_SHARE,
+        metavar="FRACTION",
+        help="with --select-by: share of the points drawn uniformly (default: %(default)s)",
+    )
+    parser.add_argument(
         "--force",
         action="store_true",
         help="replace the output folder if dpcharge wrote it (it holds dpcharge.json); "
@@ -225,8 +245,21 @@ def _run_convert(args: argparse.Namespace) -> None:
     else:
         type_map = TypeMap(tuple(args.type_map), args.virtual_type)
     names = _system_names(args.files)
+    ensemble = None
+    if args.select_by is not None:
+        if len(args.select_by) < 2:
+            raise InputError("--select-by needs two models or more (an ensemble)")
+        if args.all_points:
+            raise InputError("--all-points takes every point: drop --select-by")
+        with _quiet_tensorflow():
+            from dpcharge.inference import DeepDensity
+
+            ensemble = DeepDensity(args.select_by)
     with staged_folder(output) as staging:
         for number, (path, name) in enumerate(zip(args.files, names, strict=True)):
+            grid_index = None
+            if ensemble is not None:
+                grid_index = _select_points(ensemble, path, number, args)
             system = dpdata.System(
                 path,
                 fmt="vasp/chgcar",
@@ -237,6 +270,7 @@ def _run_convert(args: argparse.Namespace) -> None:
                 all_points=args.all_points,
                 component=args.component,
                 species=args.species,
+                grid_index=grid_index,
             )
             frames = system.get_nframes()
             valid = round(frames * args.validation)
@@ -265,9 +299,35 @@ def _run_convert(args: argparse.Namespace) -> None:
             "points_per_frame": args.points_per_frame,
             "seed": args.seed,
             "validation": args.validation,
+            "selected_by": args.select_by,
+            "uniform_share": args.uniform_share if args.select_by else None,
             "units": {"atom_ener": "e/Å^3", "coord": "Å"},
         }
         write_atomically(staging / MARKER, lambda s: json.dump(record, s, indent=1))
+
+
+def _select_points(ensemble: object, path: str, number: int, args: argparse.Namespace) -> object:
+    """Return the grid points of one file where the ensemble disagrees most (and uniform ones)."""
+    import numpy as np
+
+    from dpcharge.chgcar import read_density
+    from dpcharge.selection import select_points
+
+    atoms, density = read_density(path, species=args.species, component=args.component)
+    with _Progress(density.size) as progress:
+        _, deviation = ensemble.predict_grid(  # type: ignore[attr-defined]
+            atoms, density.shape, progress=progress, deviation=True
+        )
+    rng = np.random.default_rng((args.seed, number))
+    index = select_points(deviation, args.points, args.uniform_share, rng)
+    if not args.quiet:
+        print(
+            f"{path}: mean deviation of the {len(index):,} chosen points "
+            f"{deviation.ravel()[index].mean():.3g} e/Å^3, of the whole grid "
+            f"{deviation.mean():.3g} e/Å^3",
+            flush=True,
+        )
+    return index
 
 
 def _report_system(path: str, folder: Path, system: object) -> None:
@@ -769,3 +829,99 @@ def _run_test(args: argparse.Namespace) -> None:
         }
         write_atomically(args.json, lambda s: json.dump(document, s, indent=2, ensure_ascii=False))
         print(f"wrote {args.json}")
+
+
+def _add_select(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "select",
+        help="choose the structures to compute with DFT next, where an ensemble disagrees",
+        description="Concurrent learning: predict each candidate structure (an MD trajectory "
+        "or any file ase reads, without DFT) with an ensemble of models (the same training "
+        "input, other seeds), rank the structures by the largest standard deviation of the "
+        "models on a coarse grid, and write the N most uncertain as POSCAR files into DIR, "
+        "with the ranking of all (deviations in e/Å^3) in DIR/dpcharge.json.",
+    )
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="two frozen models or more")
+    parser.add_argument(
+        "structures", metavar="STRUCTURES", help="the candidates: a trajectory or structure file"
+    )
+    parser.add_argument(
+        "-n", type=int, default=5, dest="count", help="structures to choose (default: %(default)s)"
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="DIR", help="output folder (must not exist)"
+    )
+    parser.add_argument(
+        "--frames",
+        default=":",
+        metavar="INDEX",
+        help="candidate frames, in ase's index syntax (default: all)",
+    )
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        default=RANKING_SPACING,
+        metavar="Å",
+        help="grid spacing in Å of the coarse grid the deviation is evaluated on "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace the output folder if dpcharge wrote it"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, metavar="N", help="chunks evaluated at once"
+    )
+    parser.set_defaults(run=_run_select)
+
+
+def _run_select(args: argparse.Namespace) -> None:
+    import json
+
+    import ase.io
+
+    from dpcharge.inference import check_workers
+    from dpcharge.output import MARKER, check_output_folder, staged_folder, write_atomically
+    from dpcharge.selection import rank_structures
+    from dpcharge.structures import read_structures
+
+    check_workers(args.threads)
+    if len(args.models) < 2:
+        raise InputError("choosing by deviation needs two models or more (an ensemble)")
+    output = check_output_folder(args.output, replace=args.force)
+    structures, _ = read_structures(args.structures, args.frames)
+    if not 0 < args.count <= len(structures):
+        raise InputError(
+            f"must be between 1 and the {len(structures)} candidate structures, got {args.count}",
+            "count",
+        )
+    with _quiet_tensorflow():
+        from dpcharge.inference import DeepDensity
+
+        ensemble = DeepDensity(args.models, workers=args.threads)
+    ranking = rank_structures(ensemble, structures, args.spacing)
+    width = len(str(len(structures) - 1))
+    print(f"{'frame':>8} {'largest e/Å^3':>14} {'mean e/Å^3':>11}")
+    with staged_folder(output) as staging:
+        for place, found in enumerate(ranking):
+            chosen = place < args.count
+            print(
+                f"{found.frame:>8} {found.largest:>14.4g} {found.mean:>11.4g}"
+                + ("  chosen" if chosen else ""),
+                flush=True,
+            )
+            if chosen:
+                name = f"POSCAR_{found.frame:0{width}d}"
+                ase.io.write(staging / name, structures[found.frame], format="vasp", direct=True)
+        record = {
+            "dpcharge": __version__,
+            "command": "select",
+            "models": list(args.models),
+            "structures": str(args.structures),
+            "frames": args.frames,
+            "spacing": args.spacing,
+            "chosen": [found.frame for found in ranking[: args.count]],
+            "ranking": [vars(found) for found in ranking],
+            "units": {"largest": "e/Å^3", "mean": "e/Å^3", "spacing": "Å"},
+        }
+        write_atomically(staging / MARKER, lambda s: json.dump(record, s, indent=1))
+    print(f"wrote the {args.count} most uncertain structures to {output}/POSCAR_<frame>")

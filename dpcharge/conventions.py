@@ -39,6 +39,12 @@ SPACING = 0.15
 THRESHOLDS = (0.001, 0.005, 0.01, 0.05)
 """Absolute errors (e/Å^3) whose fractions ``dpcharge test`` reports in its error histogram."""
 
+UNIFORM_SHARE = 0.2
+"""Share of the training points chosen by an ensemble that are drawn uniformly instead."""
+
+RANKING_SPACING = 0.5
+"""Grid spacing in Å on which an ensemble ranks candidate structures: coarse, enough to rank."""
+
 MIN_DISTANCE = 0.01
 """Closest a grid point may sit to a nucleus, in Å: at zero distance the descriptor is NaN."""
 

@@ -54,6 +54,7 @@ class ChgcarFormat(Format):
         virtual_type: str | None = None,
         component: str = "total",
         species: Sequence[str] | None = None,
+        grid_index: np.ndarray | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
         """Read a density file and cut its grid points into frames.
@@ -87,6 +88,10 @@ class ChgcarFormat(Format):
         species
             Element names of a VASP 4 file (which names none), in the order of
             its species counts.
+        grid_index
+            Flat C-order indices of the grid points to take instead of a random
+            sample (e.g. chosen by an ensemble, `dpcharge.selection`); their
+            number replaces ``points``.
         **kwargs
             Ignored (dpdata passes its own options).
 
@@ -118,6 +123,8 @@ class ChgcarFormat(Format):
             frame_size = frame_size_for_all_points(grid_size, points_per_frame)
             index = np.arange(grid_size)
         else:
+            if grid_index is not None:
+                points = len(grid_index)
             if points_per_frame < 1 or points % points_per_frame:
                 raise InputError(
                     f"{points} points do not split into frames of {points_per_frame}: "
@@ -125,7 +132,18 @@ class ChgcarFormat(Format):
                     "points",
                 )
             frame_size = points_per_frame
-            index = sample_grid_points(grid_size, points, np.random.default_rng(seed))
+            if grid_index is None:
+                index = sample_grid_points(grid_size, points, np.random.default_rng(seed))
+            else:
+                index = np.asarray(grid_index, dtype=np.int64)
+                if (
+                    len(np.unique(index)) != len(index)
+                    or not 0 <= index.min() <= index.max() < grid_size
+                ):
+                    raise InputError(
+                        f"must be distinct and within the grid of {grid_size:,} points",
+                        "grid_index",
+                    )
         index = index.reshape(-1, frame_size)
         frames = len(index)
 

@@ -54,11 +54,20 @@ def read_structures(
         positions, or ``frames`` does not fit it.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a structure file")
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
     try:
         read_structure(path)
     except NotVolumetricError as not_volumetric:
         structures = _read_other(path, frames, not_volumetric)
         density = None
+    except InputError as error:  # a POSCAR or CHGCAR header that breaks, or no structure at all
+        reason = str(error).removeprefix(f"{path}: ")
+        raise InputError(
+            f"{path}: unreadable structure (read as a POSCAR or CHGCAR: {reason})"
+        ) from None
     else:
         if frames not in (None, "0", "-1", ":"):
             raise InputError(f"{path} holds one structure, not frames {frames}", "frames")

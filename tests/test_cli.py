@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import ase.io
 import dpdata
@@ -15,6 +16,7 @@ from ase.io.cube import read_cube_data
 from ase.units import Bohr
 
 from dpcharge.chgcar import read_density
+from dpcharge.cli import main
 from dpcharge.inference import DeepDensity
 from dpcharge.metrics import density_errors, electron_count
 
@@ -28,6 +30,18 @@ def dpcharge(*args, cwd=None):
     return subprocess.run(
         [*DPCHARGE, *map(str, args)], capture_output=True, text=True, cwd=cwd, check=False
     )
+
+
+@pytest.fixture
+def in_process(capsys):
+    """Run the real command line in this process (TensorFlow loads once for the module)."""
+
+    def call(*args):
+        status = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return SimpleNamespace(returncode=status, stdout=captured.out, stderr=captured.err)
+
+    return call
 
 
 def files_of(folder):
@@ -223,11 +237,11 @@ def test_reassemble_chgcar_round_trip_read_by_ase_and_pymatgen(frozen_model, tmp
     assert before in result.stdout
 
 
-def test_reassemble_cube_round_trip_read_by_ase_and_pymatgen(frozen_model, tmp_path):
+def test_reassemble_cube_round_trip_read_by_ase_and_pymatgen(frozen_model, tmp_path, in_process):
     from pymatgen.io.common import VolumetricData
 
     out = tmp_path / "rho.cube"
-    result = dpcharge(
+    result = in_process(
         "reassemble", frozen_model, SI8, "-o", out, "--format", "cube", "--grid", 12, 10, 8
     )
     assert result.returncode == 0, result.stderr
@@ -239,11 +253,11 @@ def test_reassemble_cube_round_trip_read_by_ase_and_pymatgen(frozen_model, tmp_p
     assert VolumetricData.from_cube(str(out)).data["total"].shape == (12, 10, 8)
 
 
-def test_nelect_rescales_and_reports_both_integrals(frozen_model, tmp_path):
+def test_nelect_rescales_and_reports_both_integrals(frozen_model, tmp_path, in_process):
     poscar = tmp_path / "POSCAR"
     ase.io.write(poscar, read_density(SI8)[0], format="vasp")
     out = tmp_path / "CHGCAR"
-    result = dpcharge("reassemble", frozen_model, poscar, "-o", out, "--nelect", 32)
+    result = in_process("reassemble", frozen_model, poscar, "-o", out, "--nelect", 32)
     assert result.returncode == 0, result.stderr
     assert "grid 40 x 40 x 40" in result.stdout  # default spacing 0.15 Å: 5.43/0.15 -> 40
     atoms, density = read_density(out)
@@ -252,9 +266,9 @@ def test_nelect_rescales_and_reports_both_integrals(frozen_model, tmp_path):
     assert "rescaled to 32.0000 e" in result.stdout
 
 
-def test_normalize_takes_the_electrons_of_the_input_chgcar(frozen_model, tmp_path):
+def test_normalize_takes_the_electrons_of_the_input_chgcar(frozen_model, tmp_path, in_process):
     out = tmp_path / "CHGCAR"
-    result = dpcharge("reassemble", frozen_model, SI8, "-o", out, "--normalize")
+    result = in_process("reassemble", frozen_model, SI8, "-o", out, "--normalize")
     assert result.returncode == 0, result.stderr
     dft_atoms, dft = read_density(SI8)
     atoms, density = read_density(out)
@@ -262,11 +276,11 @@ def test_normalize_takes_the_electrons_of_the_input_chgcar(frozen_model, tmp_pat
     assert electron_count(density, atoms.get_volume()) == pytest.approx(dft_electrons, rel=1e-9)
 
 
-def test_like_takes_the_grid_and_electrons_of_a_reference_file(frozen_model, tmp_path):
+def test_like_takes_the_grid_and_electrons_of_a_reference_file(frozen_model, tmp_path, in_process):
     poscar = tmp_path / "POSCAR"
     ase.io.write(poscar, read_density(SI8)[0], format="vasp")
     out = tmp_path / "CHGCAR"
-    result = dpcharge("reassemble", frozen_model, poscar, "-o", out, "--like", SI8, "--normalize")
+    result = in_process("reassemble", frozen_model, poscar, "-o", out, "--like", SI8, "--normalize")
     assert result.returncode == 0, result.stderr
     assert f"grid 36 x 36 x 36 = 46,656 points (spacing 0.151 0.151 0.151 Å) from --like {SI8}" in (
         result.stdout
@@ -312,10 +326,12 @@ def trajectory(folder, frames=3):
     return path, structures
 
 
-def test_reassemble_predicts_each_chosen_frame_into_its_own_file(frozen_model, tmp_path):
+def test_reassemble_predicts_each_chosen_frame_into_its_own_file(
+    frozen_model, tmp_path, in_process
+):
     md, structures = trajectory(tmp_path)
     out = tmp_path / "rho.cube"
-    result = dpcharge(
+    result = in_process(
         "reassemble", frozen_model, md, "-o", out, "--frames", "1:", "--format", "cube",
         "--grid", 8, 8, 8,
     )  # fmt: skip
@@ -344,19 +360,19 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
 
 def test_a_long_prediction_outside_a_terminal_logs_progress_lines(frozen_model, tmp_path):
     out = tmp_path / "CHGCAR"
-    result = dpcharge("reassemble", frozen_model, SI8, "-o", out, "--grid", 64, 64, 64)
+    result = dpcharge("reassemble", frozen_model, SI8, "-o", out, "--grid", 60, 60, 60)
     assert result.returncode == 0, result.stderr
-    assert "262,144 points" in result.stdout and "MiB of memory" in result.stdout
+    assert "216,000 points" in result.stdout and "MiB of memory" in result.stdout
     lines = [line for line in result.stderr.splitlines() if line.startswith("predict: ")]
     assert len(lines) >= 5, result.stderr
-    assert lines[-1].startswith("predict: 100 % (262,144 of 262,144 points")
+    assert lines[-1].startswith("predict: 100 % (216,000 of 216,000 points")
     assert all("points/s, about" in line for line in lines)
 
 
 def test_reassemble_an_ensemble_writes_the_mean_and_the_deviation(
-    frozen_model, second_model, tmp_path
+    frozen_model, second_model, tmp_path, in_process
 ):
-    result = dpcharge(
+    result = in_process(
         "reassemble", frozen_model, second_model, SI8, "-o", tmp_path / "CHGCAR",
         "--deviation", tmp_path / "DEVIATION", "--npy", tmp_path / "mean.npy", "--grid", 12, 10, 8,
     )  # fmt: skip
@@ -372,9 +388,9 @@ def test_reassemble_an_ensemble_writes_the_mean_and_the_deviation(
 
 
 def test_dpcharge_test_of_an_ensemble_ranks_the_error_by_the_deviation(
-    frozen_model, second_model, tmp_path
+    frozen_model, second_model, tmp_path, in_process
 ):
-    result = dpcharge(
+    result = in_process(
         "test", frozen_model, second_model, SI8, "--json", tmp_path / "m.json",
         "--plots", tmp_path / "figures",
     )  # fmt: skip
@@ -395,3 +411,49 @@ def test_dpcharge_test_of_an_ensemble_ranks_the_error_by_the_deviation(
     assert report["models"] == [str(frozen_model), str(second_model)]
     assert (tmp_path / "figures" / "CHGCAR_Si8_qe_calibration.png").read_bytes()[:4] == b"\x89PNG"
     assert "Spearman" in result.stdout.splitlines()[0]
+
+
+def test_convert_takes_the_points_where_an_ensemble_disagrees(
+    frozen_model, second_model, tmp_path, in_process
+):
+    result = in_process(
+        "convert", SI8, "-o", tmp_path / "out", "--points", 2000, "--select-by", frozen_model,
+        second_model, "--uniform-share", 0.25,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    atoms, density = read_density(SI8)
+    _, deviation = DeepDensity([frozen_model, second_model]).predict_grid(
+        atoms, density.shape, deviation=True
+    )
+    system = dpdata.System(tmp_path / "out/CHGCAR_Si8_qe", fmt="deepmd/npy")
+    fractional = system["coords"][:, 8:] @ np.linalg.inv(atoms.cell.array)
+    ijk = np.rint(fractional * 36).astype(int) % 36
+    chosen = deviation[ijk[..., 0], ijk[..., 1], ijk[..., 2]].ravel()
+    assert len(chosen) == 2000
+    threshold = np.sort(deviation.ravel())[-1500]  # the 1,500 largest deviations
+    assert np.sum(chosen >= threshold) >= 1500
+    assert chosen.mean() > 2 * deviation.mean()
+    record = json.loads((tmp_path / "out/dpcharge.json").read_text())
+    assert record["selected_by"] == [str(frozen_model), str(second_model)]
+    assert "mean deviation of the 2,000 chosen points" in result.stdout
+
+
+def test_select_writes_the_most_uncertain_structures(
+    frozen_model, second_model, tmp_path, in_process
+):
+    md, structures = trajectory(tmp_path, frames=4)
+    result = in_process(
+        "select", frozen_model, second_model, md, "-n", 2, "-o", tmp_path / "next",
+        "--spacing", 0.6,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "next/dpcharge.json").read_text())
+    ranking = record["ranking"]
+    assert [r["largest"] for r in ranking] == sorted((r["largest"] for r in ranking), reverse=True)
+    assert record["chosen"] == [r["frame"] for r in ranking[:2]]
+    written = sorted(p.name for p in (tmp_path / "next").iterdir())
+    assert written == sorted(["dpcharge.json", *(f"POSCAR_{f}" for f in record["chosen"])])
+    first = ase.io.read(tmp_path / "next" / f"POSCAR_{record['chosen'][0]}")
+    np.testing.assert_allclose(
+        first.positions, structures[record["chosen"][0]].positions, atol=1e-6
+    )

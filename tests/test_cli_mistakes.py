@@ -98,7 +98,7 @@ CONVERT = {
     ),
     "binary file": (
         lambda f, m: ["convert", copy(f, m.pb, "CHGCAR"), "-o", f / "out"],
-        "CHGCAR: line 2: the scale factor is not a number",
+        "CHGCAR: not a text file (binary content on line 2)",
     ),
     "corrupt gzip": (
         lambda f, m: ["convert", corrupt_gzip(f), "-o", f / "out"],
@@ -110,7 +110,8 @@ CONVERT = {
     ),
     "cut inside the last number": (
         lambda f, m: ["convert", cut_last_number(f), "-o", f / "out"],
-        "is not written like the others ('7.3157984539E+00'): the file is cut inside a number",
+        "grid value '1.6969212328' is not written like the grid's first, '7.3157984539E+00': "
+        "a cut or broken number",
     ),
     "atom count too low": (
         lambda f, m: ["convert", edited(f, "CHGCAR", set_line(6, "   7")), "-o", f / "out"],
@@ -289,7 +290,7 @@ REASSEMBLE = {
             "-o",
             "out",
         ],
-        "x.txt: unreadable structure",
+        "x.txt: unreadable structure (read as a POSCAR or CHGCAR: the file ends at line 1",
     ),
     "NaN in a POSCAR": (
         lambda f, m: ["reassemble", m.pb, nan_poscar(f), "-o", "out"],

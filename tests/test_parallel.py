@@ -71,12 +71,9 @@ def test_serial_run_needs_no_mpi(monkeypatch):
 
 
 @needs_mpi
-@pytest.mark.parametrize("output_format", ["chgcar", "cube"])
-def test_mpirun_two_ranks_writes_the_serial_file_byte_for_byte(
-    density_model, tmp_path, output_format
-):
+def test_mpirun_two_ranks_writes_the_serial_file_byte_for_byte(density_model, tmp_path):
     grid = ("--grid", 20, 18, 15)  # 5,400 points: 18 chunks of 300, rank blocks of 9
-    options = (*grid, "--chunk", 300, "--format", output_format)
+    options = (*grid, "--chunk", 300)
     # two threads in the serial run, one per rank under MPI: the same bytes all the same
     one = serial("reassemble", density_model.model, SI8, "-o", tmp_path / "serial", *options,
                  "--threads", 2)  # fmt: skip
@@ -87,9 +84,6 @@ def test_mpirun_two_ranks_writes_the_serial_file_byte_for_byte(
     serial_bytes = (tmp_path / "serial").read_bytes()
     mpi_bytes = (tmp_path / "mpi").read_bytes()
     assert len(serial_bytes) > 5400 * 10
-    if output_format == "cube":  # ase's cube writer puts the wall-clock time on line 1
-        assert serial_bytes.startswith(b"Cube file from ASE, written on ")
-        serial_bytes, mpi_bytes = (b.split(b"\n", 1)[1] for b in (serial_bytes, mpi_bytes))
     assert mpi_bytes == serial_bytes
     assert "on 2 MPI ranks" in two.stdout
     assert two.stdout.count("wrote ") == 1  # only rank 0 prints and writes

@@ -84,5 +84,5 @@ def test_broken_ase_format_and_missing_files(tmp_path, si8):
         read_structures(tmp_path / "cut.extxyz")
     with pytest.raises(InputError, match="no such file"):
         read_structures(tmp_path / "nothing")
-    with pytest.raises(InputError, match="is a directory"):
+    with pytest.raises(InputError, match="is a folder, not a structure file"):
         read_structures(tmp_path)
