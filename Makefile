@@ -42,11 +42,13 @@ $(VENV)/.installed: $(VENV)/bin/python setup.cfg pyproject.toml
 	$(PYTHON) -m pip install --quiet -e .
 	touch $@
 
-# The MPI tests need Open MPI (Debian's openmpi-bin, installed here when root) and mpi4py;
-# without mpirun they are skipped with the reason.
+# The MPI tests need Open MPI (Debian's openmpi-bin) and mpi4py, the Quantum ESPRESSO tests
+# pw.x and its pseudopotentials (Debian's quantum-espresso, quantum-espresso-data): installed
+# here when root; without them those tests are skipped with the reason.
 $(VENV)/.installed-test: $(VENV)/bin/python setup.cfg pyproject.toml
-	@if ! command -v mpirun >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq openmpi-bin libopenmpi-dev; \
-	  else echo "mpirun missing and not root: the MPI tests will be skipped"; fi; fi
+	@if ! command -v mpirun >/dev/null || ! command -v pw.x >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq openmpi-bin libopenmpi-dev quantum-espresso quantum-espresso-data; \
+	  else echo "mpirun or pw.x missing and not root: the MPI and pw.x tests will be skipped"; fi; fi
 	$(PYTHON) -m pip install --quiet -e ".[test,mpi]"
 	touch $(VENV)/.installed $@

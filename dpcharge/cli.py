@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dpcharge import __version__
 from dpcharge.conventions import (
@@ -32,6 +33,11 @@ from dpcharge.conventions import (
     UNIFORM_SHARE,
 )
 from dpcharge.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from dpcharge.espresso import PwInput
 
 FLAGS = {
     "chunk": "--chunk",
@@ -385,14 +391,20 @@ def _add_reassemble(commands: argparse._SubParsersAction) -> None:
         "other file ase reads; needs a 3-d cell",
     )
     parser.add_argument(
-        "-o", "--output", required=True, metavar="FILE", help="output file (must not exist)"
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="output file (must not exist); required but for --format espresso",
     )
     parser.add_argument(
         "--format",
-        choices=("chgcar", "cube"),
+        choices=("chgcar", "cube", "espresso"),
         default="chgcar",
-        help="output format: VASP CHGCAR (default; gzip-compressed when FILE ends in .gz) "
-        "or Gaussian cube (e/bohr^3)",
+        help="output format: VASP CHGCAR (default; gzip-compressed when FILE ends in .gz), "
+        "Gaussian cube (e/bohr^3), or espresso: STRUCTURE is a pw.x input, the density is "
+        "predicted on Quantum ESPRESSO's dense grid for its cell and ecutrho, scaled to its "
+        "valence electrons and written where pw.x reads it with startingpot = 'file' "
+        "(<outdir>/<prefix>.save/charge-density.dat, outdir relative to this folder)",
     )
     parser.add_argument(
         "--npy", metavar="FILE", help="also save the density as a numpy array (NX, NY, NZ) in e/Å^3"
@@ -484,7 +496,14 @@ def _run_reassemble(args: argparse.Namespace) -> None:
         raise InputError("--deviation needs two models or more (an ensemble)")
     comm = parallel.world()
     root = parallel.is_root(comm)
-    structures, reference = read_structures(args.structure, args.frames)
+    espresso = None
+    if args.format == "espresso":
+        espresso = _pw_start(args)
+        structures, reference = [espresso.atoms], None
+    elif args.output is None:
+        raise InputError("the output file is missing", "output")
+    else:
+        structures, reference = read_structures(args.structure, args.frames)
     inputs = [*args.models, args.structure, *([args.like] if args.like else [])]
     frames = len(structures)
     outputs = [
@@ -494,7 +513,7 @@ def _run_reassemble(args: argparse.Namespace) -> None:
     for paths in outputs:  # on every rank, so that all refuse alike
         for parameter, path in paths.items():
             if path is not None:
-                check_output(path, inputs, replace=args.force, parameter=parameter)
+                check_output(path, inputs, args.force, parameter, espresso is not None)
     if args.like is not None:
         like_atoms, reference = read_density(args.like)
     if args.normalize and reference is None:
@@ -510,7 +529,9 @@ def _run_reassemble(args: argparse.Namespace) -> None:
         if args.like is not None and not _same_cell(like_atoms.cell.array, cell):
             raise InputError(f"{args.like}: its cell differs from the structure's")
         grids.append(
-            choose_grid(
+            (espresso.dense_grid, "espresso")
+            if espresso is not None
+            else choose_grid(
                 cell,
                 shape=args.grid,
                 spacing=args.spacing,
@@ -528,6 +549,7 @@ def _run_reassemble(args: argparse.Namespace) -> None:
         "spacing": f"--spacing {args.spacing} Å",
         "reference": f"--like {args.like}" if args.like else f"the grid of {args.structure}",
         "default": f"default spacing {SPACING} Å",
+        "espresso": "Quantum ESPRESSO's dense grid",
     }
     write = write_cube if args.format == "cube" else write_chgcar
     units = "cube, e/bohr^3" if args.format == "cube" else "CHGCAR, rho·V_cell"
@@ -559,11 +581,16 @@ def _run_reassemble(args: argparse.Namespace) -> None:
         volume = atoms.get_volume()
         print(f"predicted density integrates to {electron_count(density, volume):.4f} e")
         target = electron_count(reference, volume) if args.normalize else args.nelect
+        if espresso is not None and target is None:
+            target = espresso.electrons
         if target is not None:
             density = rescale_to_electrons(density, volume, target)
             print(f"rescaled to {electron_count(density, volume):.4f} e")
-        write(paths["output"], atoms, density)
-        print(f"wrote {paths['output']} ({units})", flush=True)
+        if espresso is None:
+            write(paths["output"], atoms, density)
+            print(f"wrote {paths['output']} ({units})", flush=True)
+        else:
+            _write_pw_start(paths["output"], espresso, density)
         if paths["npy"] is not None:
             write_npy(paths["npy"], density)
             print(f"wrote {paths['npy']} (numpy array {shape}, e/Å^3)", flush=True)
@@ -577,6 +604,40 @@ def _run_reassemble(args: argparse.Namespace) -> None:
                 f"{deviation.mean():.3g}, largest {deviation.max():.3g} e/Å^3)",
                 flush=True,
             )
+
+
+def _pw_start(args: argparse.Namespace) -> PwInput:
+    """Read the pw.x input of ``--format espresso``; set the output to where pw.x reads."""
+    from dpcharge.espresso import read_pw_input
+
+    if args.grid is not None or args.spacing is not None or args.like is not None:
+        raise InputError("--format espresso predicts on pw.x's own dense grid: drop the grid")
+    if args.normalize or args.frames not in (None, "0", "-1", ":"):
+        raise InputError("--format espresso takes the one structure and electrons of the input")
+    pw = read_pw_input(args.structure)
+    if pw.nspin != 1:
+        raise InputError(
+            f"{args.structure}: nspin = {pw.nspin}: a spin-polarised start needs a predicted "
+            "magnetisation, which dpcharge does not write yet; start from nspin = 1"
+        )
+    if args.output is None:
+        args.output = str(pw.charge_density_path)
+    return pw
+
+
+def _write_pw_start(path: str, pw: PwInput, density: np.ndarray) -> None:
+    """Write the density where pw.x reads it, and say what the input must set."""
+    from dpcharge.espresso import write_charge_density
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_charge_density(path, pw.atoms, density, pw.ecutrho, pw.gamma_only)
+    print(
+        f"wrote {path} (Quantum ESPRESSO charge-density.dat: rho(G) in e/bohr^3 within "
+        f"ecutrho {pw.ecutrho:g} Ry)",
+        flush=True,
+    )
+    if pw.startingpot != "file":
+        print(f"set startingpot = 'file' in &ELECTRONS of {pw.path} to start pw.x from it")
 
 
 def _frame_path(path: str | None, number: int, frames: int) -> str | None:

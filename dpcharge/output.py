@@ -32,6 +32,7 @@ def check_output(
     inputs: Iterable[str | os.PathLike] = (),
     replace: bool = False,
     parameter: str = "output",
+    new_folders: bool = False,
 ) -> Path:
     """Check that a file can be written at ``path`` before any slow work starts.
 
@@ -45,6 +46,9 @@ def check_output(
         Allow replacing an existing output file.
     parameter
         Name of the parameter that gave ``path``, for the error message.
+    new_folders
+        The writer creates missing folders on the way (e.g. pw.x's
+        ``<prefix>.save``): the nearest existing one must be writable.
 
     Returns
     -------
@@ -60,7 +64,10 @@ def check_output(
         raise InputError(f"{path} is a folder; name a file", parameter)
     if path.exists() and not replace:
         raise InputError(f"{path} already exists; allow replacing it or name another", parameter)
-    probe_folder(resolved.parent, parameter)
+    folder = resolved.parent
+    while new_folders and not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    probe_folder(folder, parameter)
     return path
 
 

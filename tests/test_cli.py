@@ -1,6 +1,7 @@
-"""The dpcharge command line, run as a real subprocess."""
+"""The dpcharge command line: as real subprocesses, and as the real main() in this process."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -457,3 +458,37 @@ def test_select_writes_the_most_uncertain_structures(
     np.testing.assert_allclose(
         first.positions, structures[record["chosen"][0]].positions, atol=1e-6
     )
+
+
+QE_SI2 = DATA / "qe" / "si2" / "scf.in"
+SI_UPF = Path("/usr/share/espresso/pseudo/Si.pbe-rrkj.UPF")
+
+
+@pytest.mark.skipif(not SI_UPF.exists(), reason="Debian's quantum-espresso-data is not installed")
+def test_reassemble_writes_the_start_density_of_a_pw_x_run(
+    frozen_model, tmp_path, in_process, monkeypatch
+):
+    from dpcharge.espresso import charge_density_to_grid, read_pw_input
+
+    scf = tmp_path / "scf.in"
+    scf.write_text(QE_SI2.read_text())
+    monkeypatch.chdir(tmp_path)  # pw.x's outdir is relative to the folder it runs in
+    result = in_process("reassemble", frozen_model, scf, "--format", "espresso")
+    assert result.returncode == 0, result.stderr
+    written = tmp_path / "out" / "si.save" / "charge-density.dat"
+    assert f"wrote {written}" in result.stdout
+    assert "set startingpot = 'file' in &ELECTRONS" in result.stdout
+    pw = read_pw_input(scf)
+    density = charge_density_to_grid(written, pw.atoms, pw.dense_grid)
+    assert electron_count(density, pw.atoms.get_volume()) == pytest.approx(8, abs=1e-9)
+    again = in_process("reassemble", frozen_model, scf, "--format", "espresso")
+    assert again.returncode == 2 and "already exists" in again.stderr  # never overwritten
+    if shutil.which("pw.x") is None:
+        pytest.skip("pw.x is not installed (Debian's quantum-espresso): the SCF start not run")
+    scf.write_text(scf.read_text().replace("&ELECTRONS\n", "&ELECTRONS\n  startingpot = 'file'\n"))
+    run = subprocess.run(
+        ["pw.x", "-in", "scf.in"], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert run.returncode == 0, run.stdout[-2000:]
+    assert "The initial density is read from file" in run.stdout
+    assert "convergence has been achieved" in run.stdout
