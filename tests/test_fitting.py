@@ -353,10 +353,12 @@ def test_compressed_model_predicts_the_same_densities(density_model, predictions
 
     compressed = tmp_path / "compressed.pb"
     # -s 0.1: the tables span s = 1/r up to grid points 0.01 Å from a nucleus;
-    # the default step of 0.01 makes a table of half a gigabyte
+    # the default step of 0.01 makes a table of half a gigabyte. -t: the training script, for
+    # the neighbour statistics that dp train --skip-neighbor-stat skipped
     result = run(
-        DP, "--tf", "compress", "-i", density_model.model, "-o", compressed, "-s", 0.1, cwd=tmp_path
-    )
+        DP, "--tf", "compress", "-i", density_model.model, "-o", compressed, "-s", 0.1,
+        "-t", "input.json", cwd=density_model.workdir,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     types, _, predicted, _ = predictions
     coords, cells, *_ = load(density_model.valid)
