@@ -52,14 +52,14 @@ from ase.io import read
 from ase.io.espresso import get_atomic_species, label_to_symbol, read_fortran_namelist
 
 from dpcharge.errors import InputError
-from dpcharge.grid import check_cell, check_grid_shape
+from dpcharge.grid import check_cell, check_grid_shape, fft_friendly
 from dpcharge.output import write_atomically
 
 QE_BOHR = 0.529177210903
 """Å per bohr in Quantum ESPRESSO 6.7 (CODATA 2018): reproduces the file's b1, b2, b3 to 1e-16."""
 
 QE_FFT_FACTORS = (2, 3, 5)
-"""Prime factors of QE's "good" FFT dimensions with FFTW (``good_fft_order``): 7 and 11 are
+"""Prime factors of QE's "good" FFT dimensions with FFTW (its ``good_fft_order``): 7 and 11 are
 allowed only with IBM's ESSL."""
 
 ORDER_TOLERANCE = 1e-8
@@ -231,26 +231,6 @@ def read_z_valence(path: str | os.PathLike) -> float:
 # ----------------------------------------------------------------------------- G vectors
 
 
-def good_fft_order(count: int, multiple: int = 1) -> int:
-    """Return QE's ``good_fft_order(count, multiple)``.
-
-    The smallest n >= ``count`` whose prime factors are all in `QE_FFT_FACTORS` and that is
-    a multiple of ``multiple``. (`dpcharge.grid.fft_friendly` also allows 7, as VASP does.)
-    """
-    candidate = max(int(count), 1)
-    while True:
-        if candidate % multiple:
-            candidate += 1
-            continue
-        rest = candidate
-        for prime in QE_FFT_FACTORS:
-            while rest % prime == 0:
-                rest //= prime
-        if rest == 1:
-            return candidate
-        candidate += 1
-
-
 def _qe_reciprocal(cell: np.ndarray) -> tuple[np.ndarray, float]:
     """Return pw.x's reciprocal vectors (rows, in 2 pi/alat) and tpiba = 2 pi/alat (1/bohr).
 
@@ -293,8 +273,9 @@ def dense_grid(
     """Return Quantum ESPRESSO's dense FFT grid for a cell and density cutoff.
 
     pw.x's rule (``realspace_grid_init``, ``grid_set``): n_i = 2 max|m_i| + 1 over the G
-    vectors with |G|^2 < ecutrho, raised to `good_fft_order`. Checked against the
-    "Dense grid ... FFT dimensions" line of pw.x 6.7 on four cells and 14 cutoffs.
+    vectors with |G|^2 < ecutrho, raised to QE's good FFT orders (`fft_friendly` with
+    `QE_FFT_FACTORS`). Checked against the "Dense grid ... FFT dimensions" line of pw.x 6.7
+    on four cells and 14 cutoffs.
 
     pw.x also makes n_i a multiple of the denominators of its symmetry operations'
     fractional translations along a_i: diamond Si in its 2-atom cell (translation
@@ -320,7 +301,9 @@ def dense_grid(
         raise InputError(f"must be a positive number of Ry, got {ecutrho}", "ecutrho")
     miller, _ = _sphere(cell, ecutrho, gamma_only=False)
     largest = np.abs(miller).max(axis=0)
-    counts = (good_fft_order(2 * n + 1, m) for n, m in zip(largest, multiples, strict=True))
+    counts = (
+        fft_friendly(2 * n + 1, QE_FFT_FACTORS, m) for n, m in zip(largest, multiples, strict=True)
+    )
     return tuple(counts)  # type: ignore[return-value]
 
 

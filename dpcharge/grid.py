@@ -37,12 +37,31 @@ def check_grid_shape(shape: tuple[int, ...], parameter: str = "shape") -> tuple[
     return counts  # type: ignore[return-value]
 
 
-def fft_friendly(count: int) -> int:
-    """Return the smallest integer >= ``count`` whose prime factors are all in `FFT_PRIMES`."""
+def fft_friendly(count: int, primes: tuple[int, ...] = FFT_PRIMES, multiple: int = 1) -> int:
+    """Return the smallest integer >= ``count`` with only ``primes`` as factors.
+
+    Parameters
+    ----------
+    count
+        The least grid count.
+    primes
+        Allowed prime factors: `FFT_PRIMES` as VASP; Quantum ESPRESSO allows
+        fewer (`dpcharge.espresso.QE_FFT_FACTORS`).
+    multiple
+        The count must also be a multiple of this.
+
+    Returns
+    -------
+    int
+        The grid count.
+    """
     candidate = max(int(count), 1)
     while True:
+        if candidate % multiple:
+            candidate += 1
+            continue
         rest = candidate
-        for prime in FFT_PRIMES:
+        for prime in primes:
             while rest % prime == 0:
                 rest //= prime
         if rest == 1:

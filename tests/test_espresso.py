@@ -21,17 +21,18 @@ from ase.io.cube import read_cube
 from dpcharge.errors import InputError
 from dpcharge.espresso import (
     QE_BOHR,
+    QE_FFT_FACTORS,
     ChargeDensityHeader,
     charge_density_to_grid,
     dense_grid,
     g_vectors,
-    good_fft_order,
     read_charge_density,
     read_pw_input,
     read_z_valence,
     write_charge_density,
     write_charge_density_coefficients,
 )
+from dpcharge.grid import fft_friendly
 
 QE = Path(__file__).parent / "data" / "qe"
 RUNS = ("si2", "si8_gamma", "si2_spin")
@@ -185,8 +186,8 @@ def test_dense_grid_without_symmetry():
         (30, 30, 30),
         (45, 45, 45),
     ]
-    assert [good_fft_order(n) for n in (21, 33, 35, 49, 77)] == [24, 36, 36, 50, 80]
-    assert good_fft_order(18, 4) == 20
+    assert [fft_friendly(n, QE_FFT_FACTORS) for n in (21, 33, 35, 49, 77)] == [24, 36, 36, 50, 80]
+    assert fft_friendly(18, QE_FFT_FACTORS, 4) == 20
 
 
 @needs_upf
