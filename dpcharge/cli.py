@@ -232,7 +232,7 @@ def _run_convert(args: argparse.Namespace) -> None:
     import dpdata
 
     from dpcharge.chgcar import read_structure
-    from dpcharge.conventions import TypeMap
+    from dpcharge.conventions import LABEL, TypeMap
     from dpcharge.output import MARKER, check_output_folder, staged_folder, write_atomically
 
     output = check_output_folder(args.output, replace=args.force)
@@ -307,7 +307,7 @@ def _run_convert(args: argparse.Namespace) -> None:
             "validation": args.validation,
             "selected_by": args.select_by,
             "uniform_share": args.uniform_share if args.select_by else None,
-            "units": {"atom_ener": "e/Å^3", "coord": "Å"},
+            "units": {LABEL: "e/Å^3", "coord": "Å"},
         }
         write_atomically(staging / MARKER, lambda s: json.dump(record, s, indent=1))
 
