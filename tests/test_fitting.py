@@ -103,7 +103,7 @@ def test_dp_train_names_a_wrong_key(tmp_path):
     config = template("si.json")
     config["model"]["fitting_net"]["nueron"] = [10]
     (tmp_path / "input.json").write_text(json.dumps(config))
-    result = run(DP, "--tf", "train", "input.json", cwd=tmp_path)
+    result = run(DP, "--tf", "train", "--skip-neighbor-stat", "input.json", cwd=tmp_path)
     assert result.returncode != 0
     assert "nueron" in result.stderr
 
@@ -340,7 +340,7 @@ def test_template_runs_a_few_steps_on_real_data(name, tmp_path):
     config["training"].update(numb_steps=4, disp_freq=2, save_freq=4)
     config["training"]["validation_data"]["numb_btch"] = 1
     (tmp_path / "input.json").write_text(json.dumps(config))
-    result = run(DP, "--tf", "train", "input.json", cwd=tmp_path)
+    result = run(DP, "--tf", "train", "--skip-neighbor-stat", "input.json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     curve = lcurve(tmp_path)
     assert curve["step"].tolist() == [0, 2, 4]
