@@ -10,7 +10,16 @@ from dataclasses import asdict
 import deepmd.tf  # noqa: F401  (loads the dpcharge plugin through its entry point)
 import numpy as np
 import pytest
-from conftest import DATA, DP, SI8, SMALL_NETWORK, TEMPLATES, run, template, train_and_freeze
+from conftest import (
+    DATA,
+    DP,
+    SI8,
+    TEMPLATES,
+    run,
+    small_model_input,
+    template,
+    train_and_freeze,
+)
 from dargs.dargs import ArgumentKeyError
 from deepmd.tf.descriptor import Descriptor
 from deepmd.tf.fit.fitting import Fitting
@@ -510,26 +519,13 @@ def test_baseline_options_have_defaults_and_old_inputs_have_no_baseline():
 
 
 @pytest.fixture(scope="module")
-def baseline_model(tmp_path_factory):
-    """A small model with a trainable baseline, trained 200 steps on the real Si8 density."""
+def baseline_model(density_model, tmp_path_factory):
+    """The shared small model's input and data with a trainable baseline, trained 200 steps."""
     folder = tmp_path_factory.mktemp("baseline_model")
-    result = run(
-        sys.executable, "-m", "dpcharge", "convert", SI8, "-o", folder / "data",
-        "--points", 4000, "--points-per-frame", 200, "--seed", 0, "--validation", 0.1, "-q",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    config = template("si.json")
-    for section, changes in SMALL_NETWORK.items():
-        config["model"][section].update(changes)
+    (folder / "data").symlink_to(density_model.data)
+    config = small_model_input(seed=1)
     config["model"]["fitting_net"]["baseline"] = {**BASELINE, "trainable": True}
-    config["learning_rate"].update(start_lr=5e-3, stop_lr=3e-4, decay_steps=50)
-    config["training"].update(
-        training_data={"systems": "data/train", "batch_size": 2},
-        validation_data={"systems": "data/valid", "batch_size": 1, "numb_btch": 2},
-        numb_steps=200,
-        disp_freq=100,
-        save_freq=200,
-    )
+    config["training"].update(numb_steps=200, save_freq=200)
     return train_and_freeze(folder, config)
 
 
