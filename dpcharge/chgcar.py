@@ -176,12 +176,22 @@ _SLAB_VALUES = 1 << 20
 """Values formatted at a time by `write_chgcar` (8 MB of float64): bounds its extra memory."""
 
 
-def write_chgcar(path: str | os.PathLike, atoms: Atoms, density: np.ndarray) -> None:
+def write_chgcar(
+    path: str | os.PathLike,
+    atoms: Atoms,
+    density: np.ndarray,
+    magnetization: np.ndarray | None = None,
+) -> None:
     """Write a density as a VASP CHGCAR (rho·V_cell, Fortran order, 11 digits).
 
     The header holds the species, counts, cell and positions only (no
     velocities, no selective dynamics), so VASP's tools, ase, pymatgen and
     `read_density` read it back. A path ending in ``.gz`` is gzip-compressed.
+    With a magnetisation the file is spin-polarised (ISPIN=2): the total block,
+    the grid line again and the magnetisation block, as pymatgen writes it.
+    VASP also writes augmentation occupancies and a line of initial moments
+    between the blocks; with neither, ase and pymatgen read both blocks (ase
+    reads the magnetisation only when the grid line follows the total block).
 
     Parameters
     ----------
@@ -192,26 +202,39 @@ def write_chgcar(path: str | os.PathLike, atoms: Atoms, density: np.ndarray) -> 
         The structure written as the POSCAR header, positions in Å.
     density
         Array of shape (NX, NY, NZ) in e/Å^3, as returned by `read_density`.
+    magnetization
+        Magnetisation rho_up - rho_down in e/Å^3 on the same grid, or None for
+        a file without spin.
     """
     density = _checked_density(density)
     structure = Atoms(atoms.get_chemical_symbols(), positions=atoms.positions, cell=atoms.cell)
+    blocks = [density]
+    if magnetization is not None:
+        blocks.append(_checked_density(magnetization))
+        if blocks[1].shape != density.shape:
+            raise InputError(
+                f"grids differ: density {density.shape}, magnetisation {blocks[1].shape}",
+                "magnetization",
+            )
     volume = structure.get_volume()
     nx, ny, nz = density.shape
     planes = max(1, _SLAB_VALUES // (nx * ny))
 
     def write(stream: io.TextIOBase) -> None:
         write_vasp(stream, structure, direct=True, vasp5=True)
-        stream.write("\n{:5d}{:5d}{:5d}\n".format(*density.shape))
-        carry = np.empty(0)  # the values of an unfinished line, fewer than _VALUES_PER_LINE
-        for k in range(0, nz, planes):  # slabs of k-planes: Fortran order is k slowest
-            slab = density[:, :, k : k + planes].ravel(order="F") * volume
-            values = np.concatenate([carry, slab]) if len(carry) else slab
-            rows = len(values) // _VALUES_PER_LINE
-            full = values[: rows * _VALUES_PER_LINE].reshape(rows, _VALUES_PER_LINE)
-            np.savetxt(stream, full, fmt="%18.10E", delimiter="")
-            carry = values[rows * _VALUES_PER_LINE :]
-        if len(carry):
-            np.savetxt(stream, carry[None, :], fmt="%18.10E", delimiter="")
+        stream.write("\n")
+        for block in blocks:
+            stream.write("{:5d}{:5d}{:5d}\n".format(*density.shape))
+            carry = np.empty(0)  # the values of an unfinished line, fewer than _VALUES_PER_LINE
+            for k in range(0, nz, planes):  # slabs of k-planes: Fortran order is k slowest
+                slab = block[:, :, k : k + planes].ravel(order="F") * volume
+                values = np.concatenate([carry, slab]) if len(carry) else slab
+                rows = len(values) // _VALUES_PER_LINE
+                full = values[: rows * _VALUES_PER_LINE].reshape(rows, _VALUES_PER_LINE)
+                np.savetxt(stream, full, fmt="%18.10E", delimiter="")
+                carry = values[rows * _VALUES_PER_LINE :]
+            if len(carry):
+                np.savetxt(stream, carry[None, :], fmt="%18.10E", delimiter="")
 
     if str(path).endswith(".gz"):
         write_atomically(path, lambda stream: _gzipped(stream, write), binary=True)

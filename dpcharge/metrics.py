@@ -1,7 +1,9 @@
-"""Errors of a predicted density against a DFT reference, as reported in the paper.
+"""Errors of a predicted density against a DFT reference, and the integrals of a density.
 
 All densities are in e/Å^3 on the same grid spanning the cell; electron counts
-are the grid integrals in e (mean density times cell volume).
+are the grid integrals in e (mean density times cell volume). A magnetisation
+(rho_up - rho_down, e/Å^3) integrates to a magnetic moment in Bohr magnetons
+(one unpaired electron carries 1 μB, with g = 2).
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from ase import Atoms
 from scipy.stats import spearmanr
 
 from dpcharge.errors import InputError
+from dpcharge.grid import PeriodicImages, check_cell, grid_points
 
 TABLE_HEADER = (
     f"{'':<24} {'points':>9} {'MAE e/Å^3':>10} {'RMSE e/Å^3':>10} {'NMAE %':>7} "
@@ -109,6 +113,76 @@ def rescale_to_electrons(density: np.ndarray, volume: float, electrons: float) -
             f"cannot rescale: the predicted density integrates to {integral:.6g} e", "electrons"
         )
     return density * (electrons / integral)
+
+
+def rescale_to_moment(magnetization: np.ndarray, volume: float, moment: float) -> np.ndarray:
+    """Scale a magnetisation so that it integrates to a total magnetic moment.
+
+    Parameters
+    ----------
+    magnetization
+        Magnetisation rho_up - rho_down in e/Å^3 on a grid spanning the cell.
+    volume
+        Cell volume in Å^3.
+    moment
+        Target total moment in μB per cell, of the sign of the predicted one.
+
+    Returns
+    -------
+    numpy.ndarray
+        The rescaled magnetisation in e/Å^3.
+    """
+    integral = electron_count(magnetization, volume)
+    if not np.isfinite(moment) or moment == 0:
+        raise InputError(f"must be a finite, non-zero moment in μB, got {moment}", "moment")
+    if not abs(integral) > _SMALLEST_MOMENT or np.sign(integral) != np.sign(moment):
+        raise InputError(
+            f"cannot rescale a magnetisation of {integral:.4g} μB to {moment:g} μB: scaling "
+            "keeps the sign and needs a predicted moment above "
+            f"{_SMALLEST_MOMENT:g} μB",
+            "moment",
+        )
+    return magnetization * (moment / integral)
+
+
+_SMALLEST_MOMENT = 1e-3
+"""Smallest predicted total moment (μB) that `rescale_to_moment` scales."""
+
+
+def atomic_moments(atoms: Atoms, magnetization: np.ndarray) -> np.ndarray:
+    """Return the magnetic moment of each atom: the magnetisation over its Voronoi cell.
+
+    Each grid point is given to its nearest atom (periodic images included) and the
+    magnetisation is summed per atom, so the moments add up to the total moment.
+
+    Parameters
+    ----------
+    atoms
+        The structure (Å) whose cell the grid spans.
+    magnetization
+        Magnetisation rho_up - rho_down in e/Å^3, shape (NX, NY, NZ).
+
+    Returns
+    -------
+    numpy.ndarray
+        Moment of each atom in μB, shape (len(atoms),).
+    """
+    cell = check_cell(atoms)
+    shape = np.shape(magnetization)
+    images = PeriodicImages(atoms, reach=0.5 * np.linalg.norm(cell, axis=1).sum())
+    flat = np.ravel(magnetization)
+    moments = np.zeros(len(atoms))
+    for start in range(0, flat.size, _MOMENT_CHUNK):
+        index = np.arange(start, min(start + _MOMENT_CHUNK, flat.size))
+        _, nearest = images.tree.query(grid_points(cell, shape, index))
+        moments += np.bincount(
+            images.atom_index[nearest], weights=flat[index], minlength=len(atoms)
+        )
+    return moments * atoms.get_volume() / flat.size
+
+
+_MOMENT_CHUNK = 1 << 18
+"""Grid points given to their atoms at a time by `atomic_moments` (bounds its memory)."""
 
 
 def density_errors(

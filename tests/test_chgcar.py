@@ -145,6 +145,42 @@ def test_chgcar_round_trip_with_ase_and_pymatgen(tmp_path):
     assert electrons(again_atoms, again) == pytest.approx(12, abs=1e-5)
 
 
+def test_spin_polarized_chgcar_round_trip_with_ase_and_pymatgen(tmp_path):
+    from pymatgen.io.vasp import Chgcar
+
+    path = DATA / "sisl-files_NO_polarized_CHGCAR.gz"  # real VASP ISPIN=2 file, M = 1
+    atoms, density = read_density(path)
+    _, magnetization = read_density(path, component="magnetization")
+    written = tmp_path / "CHGCAR"
+    write_chgcar(written, atoms, density, magnetization)
+    lines = written.read_text().splitlines()
+    grid_lines = [n for n, line in enumerate(lines) if line.split() == ["32", "48", "64"]]
+    assert len(grid_lines) == 2  # the grid line before each block
+
+    _, total_again = read_density(written)
+    _, magnetization_again = read_density(written, component="magnetization")
+    assert np.abs(total_again - density).max() <= 1e-9 * np.abs(density).max()
+    assert np.abs(magnetization_again - magnetization).max() <= 1e-9 * np.abs(magnetization).max()
+
+    by_ase = VaspChargeDensity(str(written))
+    assert np.allclose(by_ase.chg[-1], density, rtol=1e-9, atol=1e-12)
+    assert np.allclose(by_ase.chgdiff[-1], magnetization, rtol=1e-9, atol=1e-12)
+    by_pymatgen = Chgcar.from_file(str(written))
+    volume = atoms.get_volume()
+    assert by_pymatgen.is_spin_polarized
+    assert np.allclose(by_pymatgen.data["total"] / volume, density, rtol=1e-9)
+    assert np.allclose(by_pymatgen.data["diff"] / volume, magnetization, rtol=1e-9, atol=1e-12)
+    assert electrons(atoms, magnetization_again) == pytest.approx(1, abs=1e-5)
+
+
+def test_spin_polarized_chgcar_refuses_a_magnetization_on_another_grid(tmp_path):
+    atoms, density = read_density(SI8)
+    with pytest.raises(InputError, match="grids differ") as refused:
+        write_chgcar(tmp_path / "CHGCAR", atoms, density, density[:-1])
+    assert refused.value.parameter == "magnetization"
+    assert not (tmp_path / "CHGCAR").exists()
+
+
 def test_cube_round_trip_with_ase_and_pymatgen(tmp_path):
     from pymatgen.io.common import VolumetricData
 
