@@ -54,7 +54,7 @@ from dpcharge.chgcar import read_density, write_chgcar
 from dpcharge.grid import grid_for_spacing
 
 PSEUDO_DIR = os.environ.get("ESPRESSO_PSEUDO", "/usr/share/espresso/pseudo")
-VALENCE = {"Si": 4, "Al": 3, "Mg": 2, "H": 1, "O": 6}
+VALENCE = {"Si": 4, "Al": 3, "Mg": 2, "H": 1, "O": 6, "Fe": 16}
 
 PSEUDO_DENSITY = (
     "pp.x plot_num=0 valence pseudo-density, cube e/bohr^3 converted to e/Å^3; "
@@ -92,6 +92,11 @@ class QESettings:
         SCF charge-mixing factor.
     density : str
         What the written density is (recorded in the JSON).
+    starting_magnetization : float or None
+        None: a spin-unpolarised run. Otherwise ``nspin = 2`` with this starting
+        magnetisation (QE's fraction of the valence, -1 to 1) on every species; pp.x then also
+        writes the magnetisation (``plot_num = 6``, rho_up - rho_down) and the CHGCAR is an
+        ISPIN=2 file (total block, then magnetisation block).
     """
 
     pseudopotentials: dict[str, str]
@@ -104,6 +109,7 @@ class QESettings:
     functional: str = "PBE"
     mixing_beta: float = 0.4
     density: str = PSEUDO_DENSITY
+    starting_magnetization: float | None = None
 
     @property
     def density_cutoff(self) -> float:
@@ -146,6 +152,17 @@ def si_crystal(repeat: int, seed: int) -> tuple[Atoms, str]:
         f"component displaced by numpy.random.default_rng({seed}).normal(0, 0.05 Å); wrapped"
     )
     return rattled(atoms, 0.05, seed), recipe
+
+
+def fe_crystal(repeat: int, seed: int) -> tuple[Atoms, str]:
+    """Ferromagnetic bcc Fe (a = 2.83 Å, cubic cell repeated), displacements sigma 0.06 Å."""
+    atoms = bulk("Fe", "bcc", a=2.83, cubic=True).repeat(repeat)
+    recipe = (
+        f"ase.build.bulk('Fe', 'bcc', a=2.83, cubic=True).repeat({repeat}); every Cartesian "
+        f"component displaced by numpy.random.default_rng({seed}).normal(0, 0.06 Å) (about the "
+        "room-temperature RMS displacement of Fe); wrapped; ferromagnetic start"
+    )
+    return rattled(atoms, 0.06, seed), recipe
 
 
 def al_slab(seed: int) -> tuple[Atoms, str]:
@@ -323,6 +340,24 @@ AL = QESettings(
     functional="LDA (Perdew-Zunger); Debian ships only LDA pseudopotentials for Al and Mg",
     grid_spacing=0.18,
 )
+FE = QESettings(
+    {"Fe": "Fe.pbesol-spn-kjpaw_psl.1.0.0.UPF"},
+    ecutwfc=45.0,
+    ecutrho=360.0,
+    smearing="mv",
+    degauss=0.02,
+    grid_spacing=0.079,
+    functional=(
+        "PBEsol (PAW pslibrary 1.0.0, 3s3p semicore: 16 valence electrons; the UPF suggests "
+        "71 Ry / 496 Ry for converged energies, 45 / 360 Ry is used for cost)"
+    ),
+    density=(
+        "pp.x plot_num=0 valence density (PAW: pseudo-density plus augmentation) and plot_num=6 "
+        "magnetisation rho_up - rho_down, cube e/bohr^3 converted to e/Å^3; CHGCAR (ISPIN=2) "
+        "holds rho*V_cell, then the magnetisation*V_cell"
+    ),
+    starting_magnetization=0.3,
+)
 WATER = QESettings(
     {"H": "H.pbe-kjpaw.UPF", "O": "O.pbe-kjpaw.UPF"},
     ecutwfc=40.0,
@@ -386,6 +421,14 @@ SYSTEMS: dict[str, System] = {
             SI_US,
             [1001],
             "hours (estimate; not run), 189^3",
+        ),
+        System(
+            "fe16",
+            lambda seed: fe_crystal(2, seed),
+            FE,
+            list(range(1, 11)),
+            "spin-polarised PAW, k 2x2x2, 72^3 (estimate 5-15 min on 1 rank)",
+            kpoints=(2, 2, 2),
         ),
         System(
             "alslab", al_slab, AL, list(range(1, 11)), "~10-30 s each, k 4x4x1", kpoints=(4, 4, 1)
@@ -528,10 +571,14 @@ def pw_input(
             "electron_maxstep": 200,
         },
     }
+    moments = np.zeros(len(atoms))
+    if settings.starting_magnetization is not None:
+        input_data["system"]["nspin"] = 2
+        moments += settings.starting_magnetization  # ase writes it as starting_magnetization
     buf = io.StringIO()
     write(
         buf,
-        atoms,
+        Atoms(atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=True, magmoms=moments),
         format="espresso-in",
         input_data=input_data,
         pseudopotentials=settings.pseudopotentials,
@@ -543,15 +590,16 @@ def pw_input(
 PP_INPUT = """&inputpp
   prefix = 'pw'
   outdir = './tmp'
-  filplot = 'rho.dat'
-  plot_num = 0
+  filplot = '{name}.dat'
+  plot_num = {plot_num}
 /
 &plot
   iflag = 3
   output_format = 6
-  fileout = 'rho.cube'
+  fileout = '{name}.cube'
 /
 """
+"""pp.x input writing one quantity (``plot_num``: 0 density, 6 magnetisation) as a cube file."""
 
 
 def mpirun(nproc: int) -> list[str]:
@@ -564,7 +612,7 @@ def mpirun(nproc: int) -> list[str]:
 
 def run_qe(
     atoms: Atoms, settings: QESettings, kpoints: tuple[int, int, int] | None, nproc: int
-) -> tuple[np.ndarray, dict[str, object]]:
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, object]]:
     """Run pw.x and pp.x for ``atoms`` and return the density (e/Å^3, (NX, NY, NZ)) and metadata.
 
     Parameters
@@ -583,6 +631,8 @@ def run_qe(
     density : numpy.ndarray
         Valence density from pp.x ``plot_num=0`` in e/Å^3; ``density[i, j, k]`` at fractional
         (i/NX, j/NY, k/NZ).
+    magnetization : numpy.ndarray or None
+        For a spin-polarised run, pp.x ``plot_num=6`` (rho_up - rho_down) in e/Å^3, same grid.
     meta : dict
         Code version, inputs, wall times, load, total energy (Ry), SCF iterations.
     """
@@ -592,7 +642,6 @@ def run_qe(
     with tempfile.TemporaryDirectory(prefix="dpcharge_qe_") as work:
         wd = Path(work)
         (wd / "pw.in").write_text(pw_input(atoms, settings, kpoints, grid))
-        (wd / "pp.in").write_text(PP_INPUT)
         load_before = os.getloadavg()
         t0 = time.perf_counter()
         with open(wd / "pw.in") as fin, open(wd / "pw.out", "w") as fout:
@@ -607,31 +656,43 @@ def run_qe(
         if dense is None or tuple(int(n) for n in dense.groups()) != grid:
             raise RuntimeError(f"pw.x dense grid {dense and dense.groups()} is not {grid}")
         t0 = time.perf_counter()
-        with open(wd / "pp.in") as fin, open(wd / "pp.out", "w") as fout:
-            subprocess.run(
-                [*mpirun(nproc), "pp.x"], stdin=fin, stdout=fout, cwd=wd, env=env, check=True
-            )
+        quantities = {"rho": 0} if settings.starting_magnetization is None else {"rho": 0, "mag": 6}
+        volumes = {}
+        for name, plot_num in quantities.items():
+            (wd / f"{name}.in").write_text(PP_INPUT.format(name=name, plot_num=plot_num))
+            with open(wd / f"{name}.in") as fin, open(wd / f"{name}.out", "w") as fout:
+                subprocess.run(
+                    [*mpirun(nproc), "pp.x"], stdin=fin, stdout=fout, cwd=wd, env=env, check=True
+                )
+            data, _ = read_cube_data(str(wd / f"{name}.cube"))
+            volumes[name] = np.asarray(data, dtype=np.float64) / Bohr**3  # e/bohr^3 -> e/Å^3
+            if volumes[name].shape != grid:
+                raise RuntimeError(f"pp.x grid {volumes[name].shape} is not the requested {grid}")
         t_pp = time.perf_counter() - t0
-        data, _ = read_cube_data(str(wd / "rho.cube"))
-        density = np.asarray(data, dtype=np.float64) / Bohr**3  # e/bohr^3 -> e/Å^3
-        if density.shape != grid:
-            raise RuntimeError(f"pp.x grid {density.shape} differs from the requested {grid}")
+        density, magnetization = volumes["rho"], volumes.get("mag")
         version = re.search(r"Program PWSCF (v\.\S+)", out)
         energy = re.findall(r"!\s+total energy\s+=\s+(-?\d+\.\d+) Ry", out)
         iters = re.search(r"convergence has been achieved in\s+(\d+) iterations", out)
         meta: dict[str, object] = {
             "code": "Quantum ESPRESSO pw.x " + (version.group(1) if version else "unknown"),
             "pw_input": (wd / "pw.in").read_text().replace(PSEUDO_DIR, "$ESPRESSO_PSEUDO"),
-            "pp_input": PP_INPUT,
+            "pp_inputs": [PP_INPUT.format(name=n, plot_num=k) for n, k in quantities.items()],
             "total_energy_Ry": float(energy[-1]) if energy else None,
             "scf_iterations": int(iters.group(1)) if iters else None,
+            "total_magnetization_Bohr_mag_per_cell": (
+                float(moment[-1]) if (moment := re.findall(_MOMENT, out)) else None
+            ),
             "wall_time_pw_s": round(t_pw, 1),
             "wall_time_pp_s": round(t_pp, 1),
             "mpi_ranks": nproc,
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
         }
-    return density, meta
+    return density, magnetization, meta
+
+
+_MOMENT = r"total magnetization\s+=\s+(-?\d+\.\d+) Bohr mag/cell"
+"""pw.x's total magnetisation line (spin-polarised runs)."""
 
 
 # ----------------------------------------------------------------------------- driver
@@ -681,14 +742,19 @@ def compute(system: System, seed: int, out: Path, nproc: int, force: bool) -> Pa
     print(
         f"{system.name} seed {seed}: {atoms.get_chemical_formula()}, {nelec} electrons", flush=True
     )
-    density, meta = run_qe(atoms, system.settings, system.kpoints, nproc)
+    density, magnetization, meta = run_qe(atoms, system.settings, system.kpoints, nproc)
     out.mkdir(parents=True, exist_ok=True)
-    write_chgcar(target, atoms, density)
+    write_chgcar(target, atoms, density, magnetization)
     back_atoms, back = read_density(target)
     electrons = float(back.sum() * back_atoms.get_volume() / back.size)
     rel = abs(electrons - nelec) / nelec
     if rel > 1e-5 or np.abs(back - density).max() > 1e-9 * max(1.0, np.abs(density).max()):
         raise RuntimeError(f"{target}: read-back check failed ({electrons} electrons)")
+    if magnetization is not None:
+        _, back = read_density(target, component="magnetization")
+        if np.abs(back - magnetization).max() > 1e-9 * max(1.0, np.abs(magnetization).max()):
+            raise RuntimeError(f"{target}: read-back check of the magnetisation failed")
+        meta["grid_moment_Bohr_mag"] = float(back.mean() * back_atoms.get_volume())
     s = system.settings
     record = {
         "file": target.name,
