@@ -48,6 +48,8 @@ FLAGS = {
     "models": "MODEL",
     "deviation": "--deviation",
     "json": "--json",
+    "magnetization": "--magnetization",
+    "moment": "--moment",
     "npy": "--npy",
     "output": "-o/--output",
     "plots": "--plots",
@@ -375,7 +377,9 @@ def _add_reassemble(commands: argparse._SubParsersAction) -> None:
         f"--spacing {SPACING} Å. The grid used, the memory it needs and the integral of the "
         "density (before and after any rescaling) are always printed. With several frames "
         "(--frames), each is written to its own file: OUTPUT with _<n> before its "
-        "extension, n counting the chosen frames from 0.",
+        "extension, n counting the chosen frames from 0. With --magnetization, a CHGCAR "
+        "is spin-polarised (ISPIN=2: the total, then the magnetisation), and cube and npy "
+        "outputs get a second file with _magnetization before the extension.",
     )
     parser.add_argument(
         "models",
@@ -452,6 +456,20 @@ def _add_reassemble(commands: argparse._SubParsersAction) -> None:
         "input CHGCAR or the --like file)",
     )
     parser.add_argument(
+        "--magnetization",
+        metavar="MODEL",
+        help="also predict the magnetisation rho_up - rho_down (e/Å^3) with this model, "
+        "trained on dpcharge convert --component magnetization data; the total moment (μB) "
+        "and each atom's moment (its Voronoi cell) are printed",
+    )
+    parser.add_argument(
+        "--moment",
+        type=float,
+        metavar="M",
+        help="with --magnetization: rescale the magnetisation to a total moment of M Bohr "
+        "magnetons per cell (same sign as predicted), as --nelect does for the electrons",
+    )
+    parser.add_argument(
         "--force",
         action="store_true",
         help="replace existing output files (never an input), and predict grids larger "
@@ -486,7 +504,7 @@ def _run_reassemble(args: argparse.Namespace) -> None:
     from dpcharge.chgcar import read_density, write_chgcar, write_cube
     from dpcharge.grid import check_cell, choose_grid
     from dpcharge.inference import check_chunk, check_workers
-    from dpcharge.metrics import electron_count, rescale_to_electrons
+    from dpcharge.metrics import electron_count, rescale_to_electrons, rescale_to_moment
     from dpcharge.output import check_output, write_npy
     from dpcharge.structures import read_structures
 
@@ -494,6 +512,8 @@ def _run_reassemble(args: argparse.Namespace) -> None:
     check_workers(args.threads)
     if args.deviation is not None and len(args.models) < 2:
         raise InputError("--deviation needs two models or more (an ensemble)")
+    if args.moment is not None and args.magnetization is None:
+        raise InputError("--moment rescales a predicted magnetisation: give --magnetization")
     comm = parallel.world()
     root = parallel.is_root(comm)
     espresso = None
@@ -505,15 +525,23 @@ def _run_reassemble(args: argparse.Namespace) -> None:
     else:
         structures, reference = read_structures(args.structure, args.frames)
     inputs = [*args.models, args.structure, *([args.like] if args.like else [])]
+    if args.magnetization is not None:
+        inputs.append(args.magnetization)
     frames = len(structures)
     outputs = [
         {key: _frame_path(getattr(args, key), n, frames) for key in ("output", "npy", "deviation")}
         for n in range(frames)
     ]
+    spin = args.magnetization is not None
+    for paths in outputs:
+        for key in ("output", "npy") if spin and espresso is None else ():
+            if paths[key] is not None and (key == "npy" or args.format == "cube"):
+                paths[f"{key}_magnetization"] = _component_path(paths[key], "magnetization")
     for paths in outputs:  # on every rank, so that all refuse alike
         for parameter, path in paths.items():
             if path is not None:
-                check_output(path, inputs, args.force, parameter, espresso is not None)
+                flag = parameter.removesuffix("_magnetization")
+                check_output(path, inputs, args.force, flag, espresso is not None)
     if args.like is not None:
         like_atoms, reference = read_density(args.like)
     if args.normalize and reference is None:
@@ -539,11 +567,15 @@ def _run_reassemble(args: argparse.Namespace) -> None:
             )
         )
     spread = args.deviation is not None
-    _check_memory(max(_points(shape) for shape, _ in grids) * (1 + spread), args.force)
+    _check_memory(max(_points(shape) for shape, _ in grids) * (1 + spread + spin), args.force)
+    workers = args.threads or parallel.workers_per_rank(comm)
     with _quiet_tensorflow():
         from dpcharge.inference import DeepDensity
 
-        model = DeepDensity(args.models, workers=args.threads or parallel.workers_per_rank(comm))
+        model = DeepDensity(args.models, workers=workers)
+        magnetization_model = None
+        if spin:
+            magnetization_model = DeepDensity([args.magnetization], workers=workers)
     sources = {
         "shape": "--grid",
         "spacing": f"--spacing {args.spacing} Å",
@@ -564,17 +596,25 @@ def _run_reassemble(args: argparse.Namespace) -> None:
                 f"{shape[2]} = {points:,} points (spacing {spacings} Å) from {sources[source]}"
                 + (f", {model.size} models" if model.size > 1 else "")
                 + (f" on {comm.Get_size()} MPI ranks" if comm is not None else "")
-                + f"; about {points * BYTES_PER_POINT * (1 + spread) / 2**20:,.0f} MiB of "
+                + f"; about {points * BYTES_PER_POINT * (1 + spread + spin) / 2**20:,.0f} MiB of "
                 "memory for the grid",
                 flush=True,
             )
-        with _Progress(points if root else 0) as progress:
+        with _Progress(points * (1 + spin) if root else 0) as progress:
             if comm is None:
                 result = model.predict_grid(atoms, shape, args.chunk, progress, spread)
+                if spin:
+                    magnetization = magnetization_model.predict_grid(
+                        atoms, shape, args.chunk, progress
+                    )
             else:
                 result = parallel.predict_grid(
                     model, atoms, shape, args.chunk, comm, progress, spread
                 )
+                if spin:
+                    magnetization = parallel.predict_grid(
+                        magnetization_model, atoms, shape, args.chunk, comm, progress
+                    )
         if not root:
             continue
         density, deviation = result if spread else (result, None)
@@ -586,14 +626,29 @@ def _run_reassemble(args: argparse.Namespace) -> None:
         if target is not None:
             density = rescale_to_electrons(density, volume, target)
             print(f"rescaled to {electron_count(density, volume):.4f} e")
-        if espresso is None:
-            write(paths["output"], atoms, density)
+        if spin:
+            _report_magnetization(atoms, density, magnetization)
+            if args.moment is not None:
+                magnetization = rescale_to_moment(magnetization, volume, args.moment)
+                print(f"rescaled to {electron_count(magnetization, volume):.4f} μB")
+        if espresso is None and args.format == "chgcar":
+            write_chgcar(paths["output"], atoms, density, magnetization if spin else None)
+            what = "ISPIN=2 CHGCAR: total, then magnetisation, rho·V_cell" if spin else units
+            print(f"wrote {paths['output']} ({what})", flush=True)
+        elif espresso is None:
+            write_cube(paths["output"], atoms, density)
             print(f"wrote {paths['output']} ({units})", flush=True)
+            if spin:
+                write_cube(paths["output_magnetization"], atoms, magnetization)
+                print(f"wrote {paths['output_magnetization']} (magnetisation, {units})")
         else:
-            _write_pw_start(paths["output"], espresso, density)
+            _write_pw_start(paths["output"], espresso, density, magnetization if spin else None)
         if paths["npy"] is not None:
             write_npy(paths["npy"], density)
             print(f"wrote {paths['npy']} (numpy array {shape}, e/Å^3)", flush=True)
+            if spin:
+                write_npy(paths["npy_magnetization"], magnetization)
+                print(f"wrote {paths['npy_magnetization']} (magnetisation, e/Å^3)", flush=True)
         if deviation is not None:
             if paths["deviation"].endswith(".npy"):
                 write_npy(paths["deviation"], deviation)
@@ -615,29 +670,63 @@ def _pw_start(args: argparse.Namespace) -> PwInput:
     if args.normalize or args.frames not in (None, "0", "-1", ":"):
         raise InputError("--format espresso takes the one structure and electrons of the input")
     pw = read_pw_input(args.structure)
-    if pw.nspin != 1:
+    if pw.nspin == 2 and args.magnetization is None:
         raise InputError(
-            f"{args.structure}: nspin = {pw.nspin}: a spin-polarised start needs a predicted "
-            "magnetisation, which dpcharge does not write yet; start from nspin = 1"
+            f"{args.structure}: nspin = 2: a spin-polarised start needs a predicted "
+            "magnetisation: give --magnetization MODEL"
+        )
+    if pw.nspin != 2 and args.magnetization is not None:
+        raise InputError(
+            f"{args.structure}: nspin = {pw.nspin}: pw.x reads a magnetisation only with "
+            "nspin = 2; drop --magnetization or set nspin = 2"
         )
     if args.output is None:
         args.output = str(pw.charge_density_path)
     return pw
 
 
-def _write_pw_start(path: str, pw: PwInput, density: np.ndarray) -> None:
-    """Write the density where pw.x reads it, and say what the input must set."""
+def _write_pw_start(
+    path: str, pw: PwInput, density: np.ndarray, magnetization: np.ndarray | None
+) -> None:
+    """Write the density (and magnetisation) where pw.x reads it; say what to set."""
     from dpcharge.espresso import write_charge_density
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_charge_density(path, pw.atoms, density, pw.ecutrho, pw.gamma_only)
+    write_charge_density(path, pw.atoms, density, pw.ecutrho, pw.gamma_only, magnetization)
+    what = "rho(G), then the magnetisation," if magnetization is not None else "rho(G)"
     print(
-        f"wrote {path} (Quantum ESPRESSO charge-density.dat: rho(G) in e/bohr^3 within "
+        f"wrote {path} (Quantum ESPRESSO charge-density.dat: {what} in e/bohr^3 within "
         f"ecutrho {pw.ecutrho:g} Ry)",
         flush=True,
     )
     if pw.startingpot != "file":
         print(f"set startingpot = 'file' in &ELECTRONS of {pw.path} to start pw.x from it")
+
+
+def _report_magnetization(atoms: object, density: np.ndarray, magnetization: np.ndarray) -> None:
+    """Print the total and atomic moments (μB) of a magnetisation; warn when implausible."""
+    import numpy as np
+
+    from dpcharge.metrics import atomic_moments, electron_count
+
+    moments = atomic_moments(atoms, magnetization)
+    print(
+        f"predicted magnetisation integrates to {moments.sum():.4f} μB; atomic moments "
+        f"(Voronoi cells) from {moments.min():.3f} to {moments.max():.3f} μB, "
+        f"mean |m| {np.abs(moments).mean():.3f} μB"
+    )
+    if np.abs(moments.sum()) > 0.5 * electron_count(density, atoms.get_volume()):
+        print(
+            "warning: the magnetisation holds more than half the electrons' count; is the "
+            "--magnetization model one trained on --component magnetization data?"
+        )
+
+
+def _component_path(path: str, component: str) -> str:
+    """Return the file of a second component: ``_<component>`` before the extension."""
+    name = Path(path).name
+    stem, dot, extension = name.partition(".")
+    return str(Path(path).with_name(f"{stem}_{component}{dot}{extension}"))
 
 
 def _frame_path(path: str | None, number: int, frames: int) -> str | None:
@@ -796,6 +885,13 @@ def _add_test(commands: argparse._SubParsersAction) -> None:
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--magnetization",
+        metavar="MODEL.pb",
+        help="also judge this magnetisation model against the magnetisation block of each "
+        "(spin-polarised) reference: a second table, whose last columns are the total "
+        "moments (μB) predicted and DFT, then the MAE of the atomic moments (Voronoi cells)",
+    )
+    parser.add_argument(
         "--force", action="store_true", help="replace existing --json and figure files"
     )
     _add_prediction_options(parser)
@@ -821,7 +917,9 @@ def _run_test(args: argparse.Namespace) -> None:
     if not all(0 < threshold < float("inf") for threshold in args.thresholds):
         raise InputError(f"must be positive e/Å^3, got {args.thresholds}", "thresholds")
     names = _system_names(files)
-    inputs = [*models, *files]
+    inputs = [*models, *files, *([args.magnetization] if args.magnetization else [])]
+    if args.magnetization is not None and not args.magnetization.endswith(".pb"):
+        raise InputError("give a frozen model named *.pb", "magnetization")
     if args.json is not None:
         check_output(args.json, inputs, replace=args.force, parameter="json")
     if args.plots is not None:
@@ -833,8 +931,9 @@ def _run_test(args: argparse.Namespace) -> None:
         if not plots.exists():
             probe_folder(plots.resolve().parent, "plots")
         kinds = (*FIGURES, CALIBRATION) if len(models) > 1 else FIGURES
-        for name in names if plots.exists() else ():
-            for kind in kinds:
+        spin_names = [f"{name}_magnetization" for name in names] if args.magnetization else []
+        for name in [*names, *spin_names] if plots.exists() else ():
+            for kind in kinds if name in names else FIGURES:
                 check_output(plots / f"{name}_{kind}.png", inputs, args.force, "plots")
     with _quiet_tensorflow():
         from dpcharge.inference import DeepDensity
@@ -878,18 +977,84 @@ def _run_test(args: argparse.Namespace) -> None:
             f"{model.size} models: mean deviation {ranking.mean_deviation:.3g} e/Å^3; Spearman "
             "is the rank correlation of their deviation with the error of their mean"
         )
+    if args.magnetization is not None:
+        document["magnetization"] = _test_magnetization(args, files, names)
     if args.plots is not None:
         kinds = "parity,errors,slice,line" + (",calibration" if ensemble else "")
         print(f"figures: {args.plots}/<name>_{{{kinds}}}.png")
+        if args.magnetization is not None:
+            print(f"figures: {args.plots}/<name>_magnetization_{{parity,errors,slice,line}}.png")
     if args.json is not None:
         document = {
             "models": [str(m) for m in models],
-            "units": {"mae": "e/Å^3", "rmse": "e/Å^3", "max_error": "e/Å^3", "nmae": "%"},
+            "units": {
+                "mae": "e/Å^3",
+                "rmse": "e/Å^3",
+                "max_error": "e/Å^3",
+                "nmae": "%",
+                "moments": "μB",
+            },
             "files": report,
             **document,
         }
         write_atomically(args.json, lambda s: json.dump(document, s, indent=2, ensure_ascii=False))
         print(f"wrote {args.json}")
+
+
+def _test_magnetization(
+    args: argparse.Namespace, files: Sequence[str], names: Sequence[str]
+) -> dict[str, object]:
+    """Judge the ``--magnetization`` model on each file's magnetisation; print its table."""
+    import numpy as np
+
+    from dpcharge.chgcar import read_density
+    from dpcharge.metrics import TABLE_HEADER, atomic_moments, density_errors
+
+    with _quiet_tensorflow():
+        from dpcharge.inference import DeepDensity
+
+        model = DeepDensity([args.magnetization], workers=args.threads)
+    header = TABLE_HEADER.replace("e predicted", " μB predict").replace(" e DFT", "μB DFT")
+    print(f"\nmagnetisation (rho_up - rho_down), {args.magnetization}:")
+    print(f"{header} {'atoms μB':>9}", flush=True)
+    references, predictions, volumes, report = [], [], [], {}
+    for path, name in zip(files, names, strict=True):
+        atoms, reference = read_density(path, component="magnetization")
+        with _Progress(reference.size) as progress:
+            prediction = model.predict_grid(atoms, reference.shape, args.chunk, progress)
+        errors = density_errors([reference], [prediction], [atoms.get_volume()])
+        moments = atomic_moments(atoms, prediction), atomic_moments(atoms, reference)
+        atoms_mae = float(np.abs(moments[0] - moments[1]).mean())
+        report[name] = {
+            **_as_moments(errors.as_dict()),
+            "atomic_moments_predicted": moments[0].tolist(),
+            "atomic_moments_reference": moments[1].tolist(),
+            "atomic_moments_mae": atoms_mae,
+        }
+        print(f"{errors.row(name)} {atoms_mae:>9.4f}", flush=True)
+        references.append(reference)
+        predictions.append(prediction)
+        volumes.append(atoms.get_volume())
+        if args.plots is not None:
+            from dpcharge.plots import write_figures
+
+            write_figures(
+                args.plots, f"{name}_magnetization", atoms, reference, prediction, args.thresholds
+            )
+    overall = density_errors(references, predictions, volumes)
+    print(overall.row("overall"))
+    print(
+        "(the electron columns of this table are total moments in μB; 'atoms μB' is the mean "
+        "absolute error of the atomic moments)"
+    )
+    overall_figures = _as_moments(overall.as_dict())
+    return {"model": str(args.magnetization), "files": report, "overall": overall_figures}
+
+
+def _as_moments(figures: dict[str, float]) -> dict[str, float]:
+    """Rename the electron counts of a magnetisation's errors to the moments (μB) they are."""
+    renamed = {"electrons_predicted": "moment_predicted", "electrons_reference": "moment_reference"}
+    return {renamed.get(key, key): value for key, value in figures.items()}
 
 
 def _add_select(commands: argparse._SubParsersAction) -> None:

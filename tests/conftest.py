@@ -1,8 +1,9 @@
-"""Shared fixtures: one small density model trained and frozen on a real density.
+"""Shared fixtures: small density models trained and frozen on real densities.
 
 `density_model` converts the Quantum ESPRESSO Si8 density with ``dpcharge convert``,
 trains ``input_templates/si.json`` shrunk to a small network with plain ``dp train``
 and freezes it with ``dp freeze``, all as subprocesses, once per test session.
+`spin_models` does the same for both components of a real spin-polarised VASP file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ TESTS = Path(__file__).parent
 DATA = TESTS / "data"
 TEMPLATES = TESTS.parent / "input_templates"
 SI8 = DATA / "CHGCAR_Si8_qe.gz"
+NO_SPIN = DATA / "sisl-files_NO_polarized_CHGCAR.gz"
 DP = Path(sys.executable).parent / "dp"
 
 SMALL_NETWORK = {
@@ -125,6 +127,40 @@ def second_model(density_model: TrainedModel, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("second_model")
     (folder / "data").symlink_to(density_model.data)
     return train_and_freeze(folder, small_model_input(seed=2))
+
+
+@dataclass(frozen=True)
+class SpinModels:
+    """Models of both components of the real spin-polarised VASP file `NO_SPIN`.
+
+    Attributes
+    ----------
+    total
+        Trained on ``dpcharge convert --component total`` data (e/Å^3).
+    magnetization
+        Trained on ``--component magnetization`` data (rho_up - rho_down, e/Å^3).
+    """
+
+    total: Path
+    magnetization: Path
+
+
+@pytest.fixture(scope="session")
+def spin_models(tmp_path_factory: pytest.TempPathFactory) -> SpinModels:
+    """Small models of the density and the magnetisation of the NO molecule (VASP, ISPIN=2)."""
+    models = {}
+    for component in ("total", "magnetization"):
+        folder = tmp_path_factory.mktemp(f"spin_{component}")
+        result = run(
+            sys.executable, "-m", "dpcharge", "convert", NO_SPIN, "-o", folder / "data",
+            "--component", component, "--points", 8000, "--seed", 0, "--validation", 0.1, "-q",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        config = small_model_input(seed=1)
+        config["model"]["type_map"] = ["N", "O", "X"]
+        config["model"]["descriptor"]["sel"] = [32, 32, 0]  # ~22 of each within 5 Å
+        models[component] = train_and_freeze(folder, config)
+    return SpinModels(models["total"], models["magnetization"])
 
 
 @dataclass(frozen=True)

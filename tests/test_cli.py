@@ -23,6 +23,7 @@ from dpcharge.metrics import density_errors, electron_count
 
 DATA = Path(__file__).parent / "data"
 SI8 = DATA / "CHGCAR_Si8_qe.gz"
+NO_SPIN = DATA / "sisl-files_NO_polarized_CHGCAR.gz"
 SI64 = DATA / "CHGCAR_Si64_gamma_qe.gz"
 DPCHARGE = [sys.executable, "-m", "dpcharge"]
 
@@ -492,3 +493,113 @@ def test_reassemble_writes_the_start_density_of_a_pw_x_run(
     assert run.returncode == 0, run.stdout[-2000:]
     assert "The initial density is read from file" in run.stdout
     assert "convergence has been achieved" in run.stdout
+
+
+@pytest.mark.skipif(not SI_UPF.exists(), reason="Debian's quantum-espresso-data is not installed")
+def test_spin_polarised_pw_x_start_needs_and_writes_a_magnetization(
+    frozen_model, second_model, tmp_path, in_process, monkeypatch
+):
+    from dpcharge.espresso import charge_density_to_grid, read_pw_input
+
+    scf = tmp_path / "scf.in"
+    scf.write_text((DATA / "qe" / "si2_spin" / "scf.in").read_text())
+    monkeypatch.chdir(tmp_path)
+    refused = in_process("reassemble", frozen_model, scf, "--format", "espresso")
+    assert refused.returncode == 2 and "give --magnetization MODEL" in refused.stderr
+    # the second Si density model stands in for a magnetisation model: a mix-up it must flag
+    result = in_process(
+        "reassemble", frozen_model, scf, "--format", "espresso", "--magnetization", second_model
+    )
+    assert result.returncode == 0, result.stderr
+    assert "warning: the magnetisation holds more than half" in result.stdout
+    pw = read_pw_input(scf)
+    written = pw.charge_density_path
+    magnetization = charge_density_to_grid(written, pw.atoms, pw.dense_grid, "magnetization")
+    predicted = DeepDensity([second_model]).predict_grid(pw.atoms, pw.dense_grid)
+    volume = pw.atoms.get_volume()
+    # rho(G = 0) keeps the integral exactly; the magnetisation is not scaled to the electrons
+    assert electron_count(magnetization, volume) == pytest.approx(
+        electron_count(predicted, volume), rel=1e-9
+    )
+    density = charge_density_to_grid(written, pw.atoms, pw.dense_grid)
+    assert electron_count(density, volume) == pytest.approx(8, abs=1e-9)
+    if shutil.which("pw.x") is None:
+        pytest.skip("pw.x is not installed (Debian's quantum-espresso): the SCF start not run")
+    scf.write_text(scf.read_text().replace("&ELECTRONS\n", "&ELECTRONS\n  startingpot = 'file'\n"))
+    run = subprocess.run(
+        ["pw.x", "-in", "scf.in"], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert run.returncode == 0, run.stdout[-2000:]
+    assert "The initial density is read from file" in run.stdout
+    assert "convergence has been achieved" in run.stdout
+
+
+# ----------------------------------------------------------------------------- spin
+
+
+def test_spin_polarised_prediction_writes_both_components(spin_models, in_process, tmp_path):
+    from pymatgen.io.vasp import Chgcar
+
+    atoms, reference = read_density(NO_SPIN, component="magnetization")
+    out = tmp_path / "CHGCAR"
+    result = in_process(
+        "reassemble", spin_models.total, NO_SPIN, "--magnetization", spin_models.magnetization,
+        "-o", out, "--npy", tmp_path / "rho.npy", "--threads", 1,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "ISPIN=2 CHGCAR" in result.stdout
+    _, density = read_density(out)
+    _, magnetization = read_density(out, component="magnetization")
+    alone = DeepDensity([spin_models.magnetization], workers=1)
+    direct = alone.predict_grid(atoms, reference.shape)
+    assert np.abs(magnetization - direct).max() <= 1e-9 * np.abs(direct).max()  # 11 digits
+    assert np.load(tmp_path / "rho_magnetization.npy") == pytest.approx(direct, abs=1e-12)
+    assert np.load(tmp_path / "rho.npy") == pytest.approx(density, rel=1e-9, abs=1e-12)
+
+    moment = electron_count(magnetization, atoms.get_volume())
+    assert f"predicted magnetisation integrates to {moment:.4f} μB" in result.stdout
+    assert moment == pytest.approx(1.0, abs=0.2)  # learnt from this very file: M = 1
+    errors = density_errors([reference], [magnetization], [atoms.get_volume()])
+    assert errors.r2 > 0.5  # the shape of the magnetisation (a constant has R² 0)
+    assert VaspChargeDensity(str(out)).chgdiff[-1] == pytest.approx(magnetization, rel=1e-9)
+    pymatgen = Chgcar.from_file(str(out))
+    assert pymatgen.is_spin_polarized
+    assert pymatgen.data["diff"] / atoms.get_volume() == pytest.approx(magnetization, rel=1e-9)
+
+    rescaled = tmp_path / "fixed.cube"
+    result = in_process(
+        "reassemble", spin_models.total, NO_SPIN, "--magnetization", spin_models.magnetization,
+        "--moment", 1, "--format", "cube", "-o", rescaled,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "rescaled to 1.0000 μB" in result.stdout
+    cube, _ = read_cube_data(str(tmp_path / "fixed_magnetization.cube"))
+    assert cube / Bohr**3 == pytest.approx(direct / moment, rel=1e-4, abs=1e-9)  # cube: 5 digits
+    assert (tmp_path / "fixed.cube").is_file()
+
+
+def test_test_command_judges_both_components(spin_models, in_process, tmp_path):
+    report = tmp_path / "test.json"
+    result = in_process(
+        "test", spin_models.total, NO_SPIN, "--magnetization", spin_models.magnetization,
+        "--json", report, "--plots", tmp_path / "plots",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "magnetisation (rho_up - rho_down)" in result.stdout
+    document = json.loads(report.read_text())
+    spin = document["magnetization"]["files"]["sisl-files_NO_polarized_CHGCAR"]
+    atoms, reference = read_density(NO_SPIN, component="magnetization")
+    prediction = DeepDensity([spin_models.magnetization]).predict_grid(atoms, reference.shape)
+    expected = density_errors([reference], [prediction], [atoms.get_volume()])
+    assert spin["mae"] == pytest.approx(expected.mae, rel=1e-6)
+    assert spin["moment_reference"] == pytest.approx(1.0, abs=1e-5)
+    assert sum(spin["atomic_moments_reference"]) == pytest.approx(1.0, abs=1e-5)
+    assert spin["atomic_moments_mae"] == pytest.approx(
+        np.mean(
+            np.abs(np.subtract(spin["atomic_moments_predicted"], spin["atomic_moments_reference"]))
+        )
+    )
+    total = document["files"]["sisl-files_NO_polarized_CHGCAR"]
+    assert total["electrons_reference"] == pytest.approx(11, abs=1e-4)
+    parity = "sisl-files_NO_polarized_CHGCAR_magnetization_parity.png"
+    assert (tmp_path / "plots" / parity).is_file()

@@ -274,6 +274,28 @@ REASSEMBLE = {
         lambda f, m: ["reassemble", m.pb, AL4, "-o", "out"],
         "holds Al, which the type map does not know",
     ),
+    "moment without a magnetisation model": (
+        lambda f, m: ["reassemble", m.pb, SI8, "-o", "out", "--moment", 2],
+        "--moment rescales a predicted magnetisation: give --magnetization",
+    ),
+    "moment of the wrong sign": (
+        lambda f, m: [
+            "reassemble",
+            m.pb,
+            SI8,
+            "-o",
+            "out",
+            "--magnetization",
+            m.pb,
+            "--moment",
+            -2,
+        ],
+        "--moment: cannot rescale",
+    ),
+    "magnetisation model of another element": (
+        lambda f, m: ["reassemble", m.pb, SI8, "-o", "out", "--magnetization", m.germanium],
+        "which the type map does not know",
+    ),
     "missing structure": (
         lambda f, m: ["reassemble", m.pb, f / "POSCAR", "-o", "out"],
         "POSCAR: no such file",
@@ -406,6 +428,14 @@ TEST = {
     "zero chunk": (
         lambda f, m: ["test", m.pb, SI8, "--chunk", 0],
         "--chunk: must be positive",
+    ),
+    "magnetisation model against an unpolarised reference": (
+        lambda f, m: ["test", m.pb, SI8, "--magnetization", m.pb],
+        "not spin-polarized",
+    ),
+    "magnetisation model not a .pb": (
+        lambda f, m: ["test", m.pb, SI8, "--magnetization", SI8],
+        "--magnetization: give a frozen model named *.pb",
     ),
 }
 
