@@ -577,7 +577,7 @@ class DensityFitting(EnerFitting):
         Returns
         -------
         DensityLoss
-            Mean squared error of the density over grid points.
+            The density error over grid points, as the section asks.
         """
         loss = dict(loss)
         loss_type = loss.pop("type", DENSITY)
@@ -645,20 +645,37 @@ class DensityFitting(EnerFitting):
         return fitting
 
 
+LOSS_FUNCTIONS = ("mse", "mae", "huber")
+"""What the density loss can minimise: squared, absolute or Huber error."""
+
+
 class DensityLoss(Loss):
-    """Mean squared error of the density over grid points; real atoms are left out.
+    """Error of the density over grid points; real atoms are left out.
 
     The learning curve (``lcurve.out``) shows ``rmse_rho`` and ``mae_rho``, the
     root-mean-square and mean absolute errors of the density in e/Å^3 over the
-    grid points of a batch (validation columns average ``numb_btch`` batches).
+    grid points of a batch (validation columns average ``numb_btch`` batches),
+    whatever ``function`` training minimises.
 
     Parameters
     ----------
+    function
+        ``"mse"`` (mean squared error), ``"mae"`` (mean absolute error) or
+        ``"huber"`` (0.5 e^2 for |e| <= ``huber_delta``, else
+        ``huber_delta`` (|e| - 0.5 ``huber_delta``)), averaged over grid points.
+    huber_delta
+        The Huber loss's crossover error, e/Å^3.
     **kwargs
         Ignored (DeePMD-kit passes ``starter_learning_rate``).
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, function: str = "mse", huber_delta: float = 0.01, **kwargs: Any) -> None:
+        if function not in LOSS_FUNCTIONS:
+            raise InputError(f"must be one of {LOSS_FUNCTIONS}, got {function!r}", "function")
+        if not 0 < huber_delta < np.inf:
+            raise InputError(f"must be a positive e/Å^3, got {huber_delta}", "huber_delta")
+        self.function = function
+        self.huber_delta = huber_delta
         self.l2_l: tf.Tensor | None = None
         self.l2_more: dict[str, tf.Tensor] = {}
 
@@ -670,7 +687,7 @@ class DensityLoss(Loss):
         label_dict: dict[str, tf.Tensor],
         suffix: str,
     ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-        """Build the loss: mean squared density error over the grid points.
+        """Build the loss: the mean of ``function`` of the density error over grid points.
 
         Parameters
         ----------
@@ -690,7 +707,7 @@ class DensityLoss(Loss):
         tf.Tensor
             The loss.
         dict[str, tf.Tensor]
-            Mean squared and mean absolute errors.
+            Mean squared and mean absolute errors (e/Å^3 squared, e/Å^3).
         """
         nloc = natoms[0]
         ngrid = natoms[-1]
@@ -699,10 +716,19 @@ class DensityLoss(Loss):
         error = predicted - tf.cast(labelled, predicted.dtype)
         mse = tf.reduce_mean(tf.square(error), name="l2_density_" + suffix)
         mae = tf.reduce_mean(tf.abs(error), name="mae_density_" + suffix)
-        self.l2_l = mse
+        loss = {"mse": mse, "mae": mae}.get(self.function)
+        if loss is None:
+            delta = tf.constant(self.huber_delta, dtype=error.dtype)
+            absolute = tf.abs(error)
+            quadratic = tf.minimum(absolute, delta)
+            loss = tf.reduce_mean(
+                0.5 * tf.square(quadratic) + delta * (absolute - quadratic),
+                name="huber_density_" + suffix,
+            )
+        self.l2_l = loss
         self.l2_more = {"mse_rho": mse, "mae_rho": mae}
         tf.summary.scalar("rmse_rho_" + suffix, tf.sqrt(mse))
-        return mse, self.l2_more
+        return loss, self.l2_more
 
     def eval(self, sess: tf.Session, feed_dict: dict, natoms: np.ndarray) -> dict:
         """Evaluate the density errors of one batch.

@@ -81,9 +81,33 @@ _DOC_FITTING = (
     "loss type `density`. "
 )
 _DOC_LOSS = (
-    "(dpcharge, TensorFlow only) Mean squared error of the density (e/Å^3) over grid "
-    "points only; lcurve.out shows rmse_rho and mae_rho in e/Å^3. It has no options. "
+    "(dpcharge, TensorFlow only) Error of the density (e/Å^3) over grid points only, "
+    "real atoms left out; lcurve.out shows rmse_rho and mae_rho in e/Å^3 whatever the "
+    "function trained on. "
 )
+
+
+def _loss_density_args() -> list[Argument]:
+    return [
+        Argument(
+            "function",
+            str,
+            optional=True,
+            default="mse",
+            doc="What training minimises over the grid points of a batch: `mse` (mean squared "
+            "error, the paper's), `mae` (mean absolute error, the test metric) or `huber` "
+            "(squared below `huber_delta`, absolute above).",
+        ),
+        Argument(
+            "huber_delta",
+            float,
+            optional=True,
+            default=0.01,
+            doc="For `huber`: the error in e/Å^3 where the loss turns from squared to absolute.",
+        ),
+    ]
+
+
 _DOC_MODEL = (
     "(dpcharge, TensorFlow only) Charge-density model (Deep Charge): grid points are "
     "atoms of the last type of type_map, labelled by `atom_ener` = density in e/Å^3. "
@@ -93,7 +117,7 @@ _DOC_MODEL = (
 )
 
 fitting_args_plugin.register(DENSITY, doc=_DOC_FITTING)(_fitting_density_args)
-loss_args_plugin.register(DENSITY, doc=_DOC_LOSS)(list)
+loss_args_plugin.register(DENSITY, doc=_DOC_LOSS)(_loss_density_args)
 
 
 @model_args_plugin.register(DENSITY)

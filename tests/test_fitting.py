@@ -200,6 +200,49 @@ def test_the_density_model_builds_a_density_fitting_and_loss():
     assert (label.key, label.atomic, label.must) == ("atom_ener", True, True)
 
 
+@pytest.mark.parametrize("function", ["mse", "mae", "huber"])
+def test_loss_functions_against_numpy(function):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    frames, real, grid = 3, 2, 5
+    labels = rng.normal(0.1, 0.05, size=(frames, real + grid))
+    predicted = labels + rng.normal(0, 0.02, size=labels.shape)
+    predicted[:, :real] = 0  # real atoms: output 0, label 0, left out of the loss
+    labels[:, :real] = 0
+    delta = 0.015
+    loss = DensityLoss(function=function, huber_delta=delta)
+    graph = tf.Graph()
+    with graph.as_default():
+        natoms = tf.constant([real + grid, real + grid, real, grid])
+        value, more = loss.build(
+            None,
+            natoms,
+            {"atom_ener": tf.constant(predicted.ravel())},
+            {"atom_ener": tf.constant(labels.ravel())},
+            "test",
+        )
+        with tf.compat.v1.Session(graph=graph) as session:
+            value, mse, mae = session.run([value, more["mse_rho"], more["mae_rho"]])
+    error = (predicted - labels)[:, real:]
+    absolute = np.abs(error)
+    huber = np.where(absolute <= delta, 0.5 * error**2, delta * (absolute - 0.5 * delta))
+    expected = {"mse": np.mean(error**2), "mae": absolute.mean(), "huber": huber.mean()}
+    assert value == pytest.approx(expected[function], rel=1e-12)
+    assert (mse, mae) == (pytest.approx(np.mean(error**2)), pytest.approx(absolute.mean()))
+
+
+def test_loss_options_are_checked():
+    with pytest.raises(InputError) as refused:
+        DensityLoss(function="l1")
+    assert refused.value.parameter == "function"
+    with pytest.raises(InputError) as refused:
+        DensityLoss(function="huber", huber_delta=0)
+    assert refused.value.parameter == "huber_delta"
+    config = normalize({**template("si.json"), "loss": {"type": "density", "function": "mae"}})
+    assert config["loss"] == {"type": "density", "function": "mae", "huber_delta": 0.01}
+
+
 # --- a trained model ------------------------------------------------------------
 
 
