@@ -295,7 +295,7 @@ def _run_convert(args: argparse.Namespace) -> None:
             for folder, part in parts.items():
                 part.to("deepmd/npy", staging / folder)
                 if not args.quiet:
-                    _report_system(path, output / folder, part)
+                    _report_system(path, output / folder, part, args.component)
         record = {
             "dpcharge": __version__,
             "command": "convert",
@@ -338,8 +338,8 @@ def _select_points(ensemble: object, path: str, number: int, args: argparse.Name
     return index
 
 
-def _report_system(path: str, folder: Path, system: object) -> None:
-    """Print one line on a written system: frames, atoms, grid points, density range."""
+def _report_system(path: str, folder: Path, system: object, component: str) -> None:
+    """Print one line on a written system: frames, atoms, grid points, label range."""
     from dpcharge.conventions import LABEL
 
     data = system.data  # type: ignore[attr-defined]
@@ -347,7 +347,8 @@ def _report_system(path: str, folder: Path, system: object) -> None:
     density = data[LABEL][:, real:]
     print(
         f"{path} -> {folder}: {len(density)} frames of {real} atoms + {density.shape[1]} "
-        f"grid points, density {density.min():.4g} to {density.max():.4g} e/Å^3",
+        f"grid points, {'density' if component == 'total' else f'{component} (up minus down)'} "
+        f"{density.min():.4g} to {density.max():.4g} e/Å^3",
         flush=True,
     )
 

@@ -603,3 +603,19 @@ def test_test_command_judges_both_components(spin_models, in_process, tmp_path):
     assert total["electrons_reference"] == pytest.approx(11, abs=1e-4)
     parity = "sisl-files_NO_polarized_CHGCAR_magnetization_parity.png"
     assert (tmp_path / "plots" / parity).is_file()
+
+
+def test_convert_names_the_magnetization_and_keeps_its_sign(in_process, tmp_path):
+    result = in_process(
+        "convert", NO_SPIN, "-o", tmp_path / "out", "--component", "magnetization",
+        "--points", 4000, "--seed", 3,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "magnetization (up minus down) -" in result.stdout  # NO has negative regions
+    system = dpdata.System(tmp_path / "out" / "sisl-files_NO_polarized_CHGCAR", fmt="deepmd/npy")
+    labels = system["atom_ener"][:, 2:]
+    assert labels.min() < 0 < labels.max()
+    _, magnetization = read_density(NO_SPIN, component="magnetization")
+    assert labels.max() <= magnetization.max() and labels.min() >= magnetization.min()
+    record = json.loads((tmp_path / "out" / "dpcharge.json").read_text())
+    assert record["component"] == "magnetization"
