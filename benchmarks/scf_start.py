@@ -1,0 +1,649 @@
+"""Start pw.x SCF from a predicted density: iterations and wall time against the atomic start.
+
+For structures no model was trained on, pw.x runs the same SCF input twice: once from Quantum
+ESPRESSO's default start (superposition of atomic densities) and once with
+``startingpot = 'file'`` from the density ``dpcharge reassemble MODEL scf.in --format espresso``
+wrote. The inputs are those of ``benchmarks/data/make_densities.py`` (same structures, cutoffs,
+k-points, smearing, ``conv_thr`` and mixing: the benchmark densities' settings), imported from
+it. Each run records the SCF iterations, pw.x's and dpcharge's wall times, both total energies
+(they must agree within ``conv_thr``), the load average, and whether pw.x said it read the
+start from file; it writes ``benchmarks/results/scf_start/<system>_seed<seed>.json``.
+
+``--md`` runs pw.x ``calculation = 'md'`` on a thermal Si64 (pw.x's own extrapolation of the
+density from step to step, ``pot_extrapolation`` ``atomic`` or ``second_order``), then an SCF
+from the predicted density, and optionally from atoms, at the positions of each MD step
+(``benchmarks/results/scf_start/md_<extrapolation>.json``).
+
+``--train SYSTEM`` trains the model of a system with the workflow of
+``benchmarks/accuracy.py`` (one structure, seed 1, 1e5 points, 20,000 steps, start_lr 3e-3,
+``"baseline": {"basis": 8}``) in ``benchmarks/runs/scf_<system>/``.
+
+Everything runs under ``nice -n 10``, pw.x as one process (no mpirun), dpcharge with
+``--threads 1``, TensorFlow and OpenMP with one thread. Work folders are in
+``benchmarks/runs/scf_start/`` (not committed).
+
+Usage::
+
+    python benchmarks/scf_start.py --train alslab
+    python benchmarks/scf_start.py --systems si64 --seeds 2 3
+    python benchmarks/scf_start.py --systems si64 si64hot alslab almg32
+    python benchmarks/scf_start.py --md --md-steps 10 --md-extrapolation atomic
+    python benchmarks/scf_start.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ase import Atoms
+from ase.build import bulk
+from ase.io import read
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks" / "data"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import make_densities as md  # noqa: E402
+
+WORK = ROOT / "benchmarks" / "runs" / "scf_start"
+RESULTS = ROOT / "benchmarks" / "results" / "scf_start"
+SI64_MODEL = "benchmarks/runs/si64_baseline_fixed8_20000/model.pb"
+HOT_SIGMA = 0.125
+"""Gaussian displacement (Å) of the hot Si64: 2.5 times the thermal snapshots' 0.05 Å."""
+
+READ_FROM_FILE = "The initial density is read from file"
+FROM_ATOMS = "Initial potential from superposition of free atoms"
+
+
+def si64_hot(seed: int) -> tuple[Atoms, str]:
+    """Return a hot Si64: diamond Si64 with Gaussian displacements of `HOT_SIGMA` Å.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of ``numpy.random.default_rng``.
+
+    Returns
+    -------
+    atoms : ase.Atoms
+        The structure (Å).
+    recipe : str
+        How it was made.
+    """
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
+    recipe = (
+        "ase.build.bulk('Si', 'diamond', a=5.43, cubic=True).repeat(2); every Cartesian "
+        f"component displaced by numpy.random.default_rng({seed}).normal(0, {HOT_SIGMA} Å) "
+        "(make_densities.rattled); wrapped"
+    )
+    return md.rattled(atoms, HOT_SIGMA, seed), recipe
+
+
+@dataclass(frozen=True)
+class Case:
+    """A kind of structure to start pw.x on.
+
+    Attributes
+    ----------
+    name : str
+        Name in file names and on the command line.
+    system : make_densities.System
+        The benchmark system whose settings (and, but for ``si64hot``, structures) are used.
+    build : callable
+        Seed -> (structure, recipe).
+    seeds : tuple of int
+        Default held-out seeds (seed 1 trained the model).
+    model : str
+        Frozen model, relative to the repository.
+    """
+
+    name: str
+    system: md.System
+    build: object
+    seeds: tuple[int, ...]
+    model: str
+
+
+CASES = {
+    case.name: case
+    for case in (
+        Case("si64", md.SYSTEMS["si64"], md.SYSTEMS["si64"].build, (2, 3, 4, 5, 6), SI64_MODEL),
+        Case("si64hot", md.SYSTEMS["si64"], si64_hot, (7,), SI64_MODEL),
+        Case(
+            "alslab",
+            md.SYSTEMS["alslab"],
+            md.SYSTEMS["alslab"].build,
+            (2, 3, 4),
+            "benchmarks/runs/scf_alslab/model.pb",
+        ),
+        Case(
+            "almg32",
+            md.SYSTEMS["almg32"],
+            md.SYSTEMS["almg32"].build,
+            (2, 3),
+            "benchmarks/runs/scf_almg32/model.pb",
+        ),
+    )
+}
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def environment() -> dict[str, str]:
+    """Return the environment of every subprocess: one OpenMP and TensorFlow thread."""
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS="1",
+        DP_INTRA_OP_PARALLELISM_THREADS="1",
+        DP_INTER_OP_PARALLELISM_THREADS="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    return env
+
+
+def timed(command: list[str], cwd: Path, log: Path, stdin: Path | None = None) -> float:
+    """Run ``nice -n 10 command`` in ``cwd`` with its output in ``log``; return wall seconds.
+
+    Raises
+    ------
+    RuntimeError
+        The command failed.
+    """
+    start = time.perf_counter()
+    with log.open("w") as out, stdin.open() if stdin else open(os.devnull) as source:
+        done = subprocess.run(
+            ["nice", "-n", "10", *command],
+            cwd=cwd,
+            stdin=source,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=environment(),
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed in {cwd}; see {log}")
+    return time.perf_counter() - start
+
+
+def tool(name: str) -> str:
+    """Return a console script of this Python environment (dpcharge)."""
+    return shutil.which(name) or str(Path(sys.executable).with_name(name))
+
+
+def with_startingpot(text: str) -> str:
+    """Return a pw.x input with ``startingpot = 'file'`` added to its &electrons namelist."""
+    new, count = re.subn(r"(&electrons\s*\n)", r"\1  startingpot = 'file'\n", text, flags=re.I)
+    if count != 1:
+        raise ValueError("no &electrons namelist in the pw.x input")
+    return new
+
+
+def parse_pw(output: str) -> dict[str, object]:
+    """Read what the benchmark needs from a pw.x SCF output.
+
+    Parameters
+    ----------
+    output : str
+        pw.x's standard output.
+
+    Returns
+    -------
+    dict
+        ``iterations`` (each SCF of the run, in order), ``energies_Ry`` (the "!" total
+        energies), ``accuracy_Ry`` (the estimated SCF accuracy after each iteration of the
+        first SCF), ``read_from_file`` and ``from_atoms`` (pw.x's own words about its start),
+        ``pw_wall_s`` (pw.x's own WALL time), ``dense_grid``.
+    """
+    iterations = [int(n) for n in re.findall(r"convergence has been achieved in\s+(\d+)", output)]
+    energies = [float(e) for e in re.findall(r"^!\s+total energy\s+=\s+(\S+) Ry", output, re.M)]
+    first = output.split("convergence has been achieved")[0]
+    accuracy = [float(a) for a in re.findall(r"estimated scf accuracy\s+<\s+(\S+) Ry", first)]
+    wall = re.search(r"PWSCF\s+:.*CPU\s+(.*)WALL", output)
+    dense = re.search(r"Dense\s+grid:.*FFT dimensions:\s*\(\s*(\d+),\s*(\d+),\s*(\d+)\)", output)
+    return {
+        "iterations": iterations,
+        "energies_Ry": energies,
+        "accuracy_Ry": accuracy,
+        "read_from_file": READ_FROM_FILE in output,
+        "from_atoms": FROM_ATOMS in output,
+        "pw_wall_s": seconds(wall.group(1)) if wall else None,
+        "dense_grid": [int(n) for n in dense.groups()] if dense else None,
+        "job_done": "JOB DONE" in output,
+    }
+
+
+def seconds(text: str) -> float:
+    """Convert pw.x's time ``1h 2m 3.45s`` (any of the parts) to seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0}
+    return sum(float(v) * units[u] for v, u in re.findall(r"([\d.]+)\s*([hms])", text))
+
+
+def run_pw(folder: Path, text: str) -> tuple[dict[str, object], float, list[float]]:
+    """Run pw.x (one process) on ``text`` in ``folder``; return its parse, wall time, load.
+
+    The wavefunctions pw.x leaves in ``tmp/`` are deleted afterwards; its output stays in
+    ``folder/pw.out``.
+    """
+    (folder / "scf.in").write_text(text)
+    load = [round(x, 2) for x in os.getloadavg()]
+    wall = timed(["pw.x", "-in", "scf.in"], folder, folder / "pw.out")
+    parsed = parse_pw((folder / "pw.out").read_text())
+    if not parsed["job_done"] or not parsed["iterations"]:
+        raise RuntimeError(f"pw.x did not converge in {folder}")
+    for path in (folder / "tmp").glob("*.wfc*"):
+        path.unlink()
+    for path in (folder / "tmp").glob("*.save/wfc*.dat"):
+        path.unlink()
+    return parsed, wall, load
+
+
+def predict(folder: Path, model: str) -> tuple[float, str]:
+    """Write ``folder/tmp/pw.save/charge-density.dat`` with dpcharge; return wall time, log."""
+    command = [tool("dpcharge"), "reassemble", str(ROOT / model), "scf.in"]
+    command += ["--format", "espresso", "--threads", "1", "--force"]
+    wall = timed(command, folder, folder / "dpcharge.log")
+    return wall, (folder / "dpcharge.log").read_text()
+
+
+def relative(text: str) -> str:
+    """Return ``text`` with this machine's paths replaced (repository, pseudopotentials)."""
+    return text.replace(str(ROOT) + "/", "").replace(md.PSEUDO_DIR, "$ESPRESSO_PSEUDO")
+
+
+def start_both(case: Case, seed: int, force: bool) -> dict[str, object] | None:
+    """Run one structure from atoms and from the predicted density; write its JSON.
+
+    Parameters
+    ----------
+    case : Case
+        What to run.
+    seed : int
+        Structure seed.
+    force : bool
+        Run again when the JSON exists.
+
+    Returns
+    -------
+    dict or None
+        The record written, None when skipped.
+    """
+    result = RESULTS / f"{case.name}_seed{seed}.json"
+    if result.exists() and not force:
+        print(f"skip {relative(str(result))} (exists)")
+        return None
+    if not (ROOT / case.model).exists():
+        raise RuntimeError(f"no model {case.model}: python benchmarks/scf_start.py --train ...")
+    atoms, recipe = case.build(seed)
+    settings, kpoints = case.system.settings, case.system.kpoints
+    grid = md.fft_grid(atoms, settings)
+    text = md.pw_input(atoms, settings, kpoints, grid)
+    conv_thr = settings.conv_thr_per_8_atoms * len(atoms) / 8
+    folder = WORK / f"{case.name}_seed{seed}"
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "atomic").mkdir(parents=True)
+    (folder / "predicted").mkdir()
+    print(f"{case.name} seed {seed}: {atoms.get_chemical_formula()}, grid {grid}", flush=True)
+    atomic, atomic_wall, atomic_load = run_pw(folder / "atomic", text)
+    print(f"  atomic start: {atomic['iterations'][0]} iterations, {atomic_wall:.1f} s", flush=True)
+    (folder / "predicted" / "scf.in").write_text(with_startingpot(text))
+    predict_load = [round(x, 2) for x in os.getloadavg()]
+    predict_wall, predict_log = predict(folder / "predicted", case.model)
+    predicted, predicted_wall, predicted_load = run_pw(folder / "predicted", with_startingpot(text))
+    print(
+        f"  predicted start: {predicted['iterations'][0]} iterations, pw.x {predicted_wall:.1f} s"
+        f" + dpcharge {predict_wall:.1f} s",
+        flush=True,
+    )
+    for name, parsed in (("atomic", atomic), ("predicted", predicted)):
+        if parsed["dense_grid"] != list(grid):
+            raise RuntimeError(f"{name}: pw.x grid {parsed['dense_grid']} is not {grid}")
+    difference = predicted["energies_Ry"][-1] - atomic["energies_Ry"][-1]
+    record = {
+        "system": case.name,
+        "settings_of": case.system.name,
+        "seed": seed,
+        "formula": atoms.get_chemical_formula(),
+        "natoms": len(atoms),
+        "structure_recipe": recipe,
+        "model": case.model,
+        "fft_grid": list(grid),
+        "kpoints": "gamma" if kpoints is None else f"MP {kpoints} unshifted",
+        "conv_thr_Ry": conv_thr,
+        "mixing_beta": settings.mixing_beta,
+        "iterations_atomic": atomic["iterations"][0],
+        "iterations_predicted": predicted["iterations"][0],
+        "saved_percent": round(100 * (1 - predicted["iterations"][0] / atomic["iterations"][0]), 1),
+        "pw_wall_atomic_s": round(atomic_wall, 1),
+        "pw_wall_predicted_s": round(predicted_wall, 1),
+        "pw_reported_wall_atomic_s": atomic["pw_wall_s"],
+        "pw_reported_wall_predicted_s": predicted["pw_wall_s"],
+        "dpcharge_wall_s": round(predict_wall, 1),
+        "energy_atomic_Ry": atomic["energies_Ry"][-1],
+        "energy_predicted_Ry": predicted["energies_Ry"][-1],
+        "energy_difference_Ry": round(difference, 10),
+        # within conv_thr, plus the last of the 8 decimals pw.x prints
+        "energy_within_conv_thr": abs(difference) <= conv_thr + 1e-8,
+        "pw_read_density_from_file": predicted["read_from_file"],
+        "atomic_run_started_from_atoms": atomic["from_atoms"],
+        "scf_accuracy_atomic_Ry": atomic["accuracy_Ry"],
+        "scf_accuracy_predicted_Ry": predicted["accuracy_Ry"],
+        "dpcharge_output": relative(predict_log).strip().splitlines()[-6:],
+        "load_average_before": {
+            "atomic": atomic_load,
+            "dpcharge": predict_load,
+            "predicted": predicted_load,
+        },
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "pw_input_predicted": relative(with_startingpot(text)),
+        "commands": [
+            "nice -n 10 pw.x -in scf.in   # atomic start",
+            f"nice -n 10 dpcharge reassemble {case.model} scf.in --format espresso --threads 1",
+            "nice -n 10 pw.x -in scf.in   # with startingpot = 'file'",
+        ],
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count()},
+        "script": "benchmarks/scf_start.py",
+    }
+    save(record, result)
+    return record
+
+
+def save(record: dict, path: Path) -> None:
+    """Write a JSON record whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record, indent=1) + "\n")
+    temporary.replace(path)
+
+
+# ----------------------------------------------------------------------------- MD
+
+
+def md_input(text: str, steps: int, extrapolation: str, dt: float) -> str:
+    """Turn an SCF input into a pw.x MD input of ``steps`` steps of ``dt`` (Rydberg a.u.).
+
+    Parameters
+    ----------
+    text : str
+        SCF input from `make_densities.pw_input`.
+    steps : int
+        ``nstep``.
+    extrapolation : str
+        ``pot_extrapolation`` (``atomic`` is pw.x's default, or ``second_order``).
+    dt : float
+        Time step in Rydberg atomic units (pw.x's ``dt``; 1 a.u. = 4.8378e-17 s).
+
+    Returns
+    -------
+    str
+        The MD input (velocities start at zero; the rattled structure starts to move).
+    """
+    text, count = re.subn(r"calculation\s*=\s*'scf'", "calculation = 'md'", text, flags=re.I)
+    if count != 1:
+        raise ValueError("no calculation = 'scf' in the pw.x input")
+    text = re.sub(
+        r"(&control\s*\n)", rf"\1  nstep = {steps}\n  dt = {dt}\n", text, count=1, flags=re.I
+    )
+    line = f"  pot_extrapolation = '{extrapolation}'\n"
+    if re.search(r"&ions\s*\n", text, flags=re.I):
+        return re.sub(r"(&ions\s*\n)", rf"\1{line}", text, count=1, flags=re.I)
+    return re.sub(r"(ATOMIC_SPECIES)", f"&ions\n{line}/\n" + r"\1", text, count=1)
+
+
+def md_run(
+    seed: int,
+    steps: int,
+    extrapolation: str,
+    dt: float,
+    atomic_every: int,
+    force: bool,
+    md_only: bool = False,
+    predict_every: int = 1,
+) -> None:
+    """Run pw.x MD on Si64 ``seed``, then SCF from the prediction at each step's positions.
+
+    Parameters
+    ----------
+    seed : int
+        Si64 structure seed (make_densities.py's thermal snapshots).
+    steps : int
+        MD steps.
+    extrapolation : str
+        pw.x ``pot_extrapolation``.
+    dt : float
+        Time step (Rydberg a.u.).
+    atomic_every : int
+        Also run an SCF from atoms at every step that is a multiple of this (0: never; step 1
+        of the MD starts from atoms anyway).
+    force : bool
+        Run again when the JSON exists.
+    md_only : bool
+        Only the MD (its iterations per step), no SCF at its positions.
+    predict_every : int
+        Run the SCF from the predicted density at steps that are multiples of this.
+    """
+    result = RESULTS / f"md_si64_seed{seed}_{extrapolation}.json"
+    if result.exists() and not force:
+        print(f"skip {relative(str(result))} (exists)")
+        return
+    case = CASES["si64"]
+    atoms, recipe = case.build(seed)
+    settings = case.system.settings
+    grid = md.fft_grid(atoms, settings)
+    text = md.pw_input(atoms, settings, None, grid)
+    conv_thr = settings.conv_thr_per_8_atoms * len(atoms) / 8
+    folder = WORK / f"md_si64_seed{seed}_{extrapolation}"
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "md").mkdir(parents=True)
+    print(f"MD si64 seed {seed}, {steps} steps, pot_extrapolation {extrapolation}", flush=True)
+    load = [round(x, 2) for x in os.getloadavg()]
+    wall = timed_md(folder / "md", md_input(text, steps, extrapolation, dt))
+    output = (folder / "md" / "pw.out").read_text()
+    parsed = parse_pw(output)
+    frames = read(folder / "md" / "pw.out", index=":", format="espresso-out")
+    record: dict[str, object] = {
+        "system": "si64",
+        "seed": seed,
+        "structure_recipe": recipe,
+        "model": case.model,
+        "md": {
+            "steps": steps,
+            "dt_Ry_au": dt,
+            "dt_fs": round(dt * 4.8378e-2, 3),
+            "pot_extrapolation": extrapolation,
+            "wfc_extrapolation": "none (pw.x default: the previous step's wavefunctions)",
+            "initial_velocities": "zero",
+            "wall_s": round(wall, 1),
+            "load_average_before": load,
+            "iterations": parsed["iterations"],
+            "energies_Ry": parsed["energies_Ry"],
+            "frames_read": len(frames),
+        },
+        "conv_thr_Ry": conv_thr,
+        "steps": [
+            {"step": i + 1, "iterations_md_extrapolated": n, "energy_md_Ry": e}
+            for i, (n, e) in enumerate(
+                zip(parsed["iterations"], parsed["energies_Ry"], strict=True)
+            )
+        ]
+        if md_only
+        else [],
+        "script": "benchmarks/scf_start.py",
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count()},
+    }
+    save(record, result)
+    if md_only:
+        print(f"  iterations per step: {parsed['iterations']}")
+        return
+    for index, (frame, iterations, energy) in enumerate(
+        zip(frames, parsed["iterations"], parsed["energies_Ry"], strict=False)
+    ):
+        step_text = md.pw_input(frame, settings, None, grid)
+        here = folder / f"step{index + 1:02d}"
+        here.mkdir(parents=True)
+        row: dict[str, object] = {
+            "step": index + 1,
+            "iterations_md_extrapolated": iterations,
+            "energy_md_Ry": energy,
+        }
+        if (index + 1) % predict_every == 0:
+            (here / "predicted").mkdir()
+            (here / "predicted" / "scf.in").write_text(with_startingpot(step_text))
+            predict_wall, _ = predict(here / "predicted", case.model)
+            predicted, predicted_wall, _ = run_pw(here / "predicted", with_startingpot(step_text))
+            row.update(
+                iterations_predicted=predicted["iterations"][0],
+                pw_read_density_from_file=predicted["read_from_file"],
+                energy_difference_Ry=round(predicted["energies_Ry"][-1] - energy, 10),
+                pw_wall_predicted_s=round(predicted_wall, 1),
+                dpcharge_wall_s=round(predict_wall, 1),
+            )
+        if index == 0:
+            row["iterations_atomic"] = iterations  # the MD's first step starts from atoms
+        elif atomic_every and (index + 1) % atomic_every == 0:
+            (here / "atomic").mkdir()
+            atomic, atomic_wall, _ = run_pw(here / "atomic", step_text)
+            row.update(
+                iterations_atomic=atomic["iterations"][0],
+                energy_atomic_difference_Ry=round(atomic["energies_Ry"][-1] - energy, 10),
+                pw_wall_atomic_s=round(atomic_wall, 1),
+            )
+        print(f"  step {index + 1}: {row}", flush=True)
+        record["steps"].append(row)
+        record["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        save(record, result)
+
+
+def timed_md(folder: Path, text: str) -> float:
+    """Run the MD input in ``folder`` (output ``pw.out``); return the wall time."""
+    (folder / "md.in").write_text(text)
+    wall = timed(["pw.x", "-in", "md.in"], folder, folder / "pw.out")
+    shutil.rmtree(folder / "tmp", ignore_errors=True)
+    return wall
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(name: str) -> None:
+    """Train the model of ``name`` (alslab, almg32) as ``benchmarks/accuracy.py`` does.
+
+    One structure (seed 1), 1e5 points, 20,000 steps, start_lr 3e-3, the fitting's baseline
+    ``{"basis": 8}``, one thread; folder ``benchmarks/runs/scf_<name>/``, its result JSON in
+    ``benchmarks/runs/scf_results/`` (not committed).
+    """
+    import accuracy
+
+    accuracy.RESULTS = accuracy.RUNS / "scf_results"
+    settings = (("learning_rate.start_lr", 3e-3), ("model.fitting_net.baseline", {"basis": 8}))
+    run = accuracy.Run(
+        f"scf_{name}", "scf_start", accuracy.SYSTEMS[name], (1,), 100_000, settings, 20_000
+    )
+    print(accuracy.perform(run, 20_000, 1))
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def table() -> str:
+    """Return the Markdown tables of every result in `RESULTS`."""
+    lines = [
+        "| system | structure | iterations atomic → predicted | saved | pw.x atomic (s) "
+        "| pw.x predicted (s) | dpcharge (s) | predicted + dpcharge (s) | ΔE (Ry) "
+        "| read from file |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*_seed*.json"))]
+    for r in (r for r in records if "iterations_atomic" in r):
+        total = r["pw_wall_predicted_s"] + r["dpcharge_wall_s"]
+        lines.append(
+            f"| {r['system']} | seed {r['seed']} ({r['formula']}) | {r['iterations_atomic']} → "
+            f"{r['iterations_predicted']} | {r['saved_percent']:.0f} % | "
+            f"{r['pw_wall_atomic_s']:.0f} | {r['pw_wall_predicted_s']:.0f} | "
+            f"{r['dpcharge_wall_s']:.0f} | {total:.0f} | {r['energy_difference_Ry']:+.1e} "
+            f"(conv_thr {r['conv_thr_Ry']:.0e}) | "
+            f"{'yes' if r['pw_read_density_from_file'] else 'NO'} |"
+        )
+    for path in sorted(RESULTS.glob("md_*.json")):
+        r = json.loads(path.read_text())
+        lines += [
+            "",
+            f"MD: Si64 seed {r['seed']}, pot_extrapolation = '{r['md']['pot_extrapolation']}', "
+            f"dt {r['md']['dt_fs']} fs, {len(r['steps'])} steps",
+            "",
+            "| step | pw.x MD (extrapolated) | predicted start | atomic start "
+            "| ΔE predicted − MD (Ry) |",
+            "|---|---|---|---|---|",
+        ]
+        for s in r["steps"]:
+            atomic = s.get("iterations_atomic", "")
+            lines.append(
+                f"| {s['step']} | {s['iterations_md_extrapolated']} "
+                f"| {s.get('iterations_predicted', '')} "
+                f"| {atomic} | {s.get('energy_difference_Ry', float('nan')):+.1e} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--systems", nargs="+", choices=list(CASES), default=[])
+    parser.add_argument("--seeds", type=int, nargs="+", help="structure seeds (default: each's)")
+    parser.add_argument("--train", choices=("alslab", "almg32"), help="train this model only")
+    parser.add_argument("--md", action="store_true", help="the MD experiment")
+    parser.add_argument("--md-seed", type=int, default=2, help="Si64 seed of the MD (2)")
+    parser.add_argument("--md-steps", type=int, default=10)
+    parser.add_argument("--md-dt", type=float, default=40.0, help="Rydberg a.u. (40 = 1.94 fs)")
+    parser.add_argument(
+        "--md-extrapolation", choices=("atomic", "second_order", "first_order"), default="atomic"
+    )
+    parser.add_argument(
+        "--md-atomic-every",
+        type=int,
+        default=0,
+        help="SCF from atoms at steps that are multiples of N",
+    )
+    parser.add_argument(
+        "--md-predict-every", type=int, default=1, help="predicted start every N steps (1)"
+    )
+    parser.add_argument(
+        "--md-only", action="store_true", help="only the MD, no SCF at its positions"
+    )
+    parser.add_argument("--force", action="store_true", help="run again when results exist")
+    parser.add_argument("--table", action="store_true", help="print the Markdown tables")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(table())
+        return 0
+    if args.train:
+        train(args.train)
+        return 0
+    for name in args.systems:
+        for seed in args.seeds or CASES[name].seeds:
+            start_both(CASES[name], seed, args.force)
+    if args.md:
+        md_run(
+            args.md_seed,
+            args.md_steps,
+            args.md_extrapolation,
+            args.md_dt,
+            args.md_atomic_every,
+            args.force,
+            args.md_only,
+            args.md_predict_every,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
