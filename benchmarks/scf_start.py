@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,9 @@ RESULTS = ROOT / "benchmarks" / "results" / "scf_start"
 SI64_MODEL = "benchmarks/runs/si64_baseline_fixed8_20000/model.pb"
 HOT_SIGMA = 0.125
 """Gaussian displacement (Å) of the hot Si64: 2.5 times the thermal snapshots' 0.05 Å."""
+
+LAST_CPU = 0.0
+"""CPU seconds (user + system) of the last command `timed` ran, with its children."""
 
 READ_FROM_FILE = "The initial density is read from file"
 FROM_ATOMS = "Initial potential from superposition of free atoms"
@@ -160,6 +164,7 @@ def timed(command: list[str], cwd: Path, log: Path, stdin: Path | None = None) -
     RuntimeError
         The command failed.
     """
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with log.open("w") as out, stdin.open() if stdin else open(os.devnull) as source:
         done = subprocess.run(
@@ -172,7 +177,13 @@ def timed(command: list[str], cwd: Path, log: Path, stdin: Path | None = None) -
         )
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed in {cwd}; see {log}")
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    global LAST_CPU
+    LAST_CPU = (cpu_after.ru_utime + cpu_after.ru_stime) - (
+        cpu_before.ru_utime + cpu_before.ru_stime
+    )
+    return wall
 
 
 def tool(name: str) -> str:
@@ -202,13 +213,16 @@ def parse_pw(output: str) -> dict[str, object]:
         ``iterations`` (each SCF of the run, in order), ``energies_Ry`` (the "!" total
         energies), ``accuracy_Ry`` (the estimated SCF accuracy after each iteration of the
         first SCF), ``read_from_file`` and ``from_atoms`` (pw.x's own words about its start),
-        ``pw_wall_s`` (pw.x's own WALL time), ``dense_grid``.
+        ``pw_cpu_s`` and ``pw_wall_s`` (pw.x's own CPU and WALL times), ``h_psi_calls``
+        (applications of the Hamiltonian: the work of the Davidson diagonalisations),
+        ``dense_grid``.
     """
     iterations = [int(n) for n in re.findall(r"convergence has been achieved in\s+(\d+)", output)]
     energies = [float(e) for e in re.findall(r"^!\s+total energy\s+=\s+(\S+) Ry", output, re.M)]
     first = output.split("convergence has been achieved")[0]
     accuracy = [float(a) for a in re.findall(r"estimated scf accuracy\s+<\s+(\S+) Ry", first)]
-    wall = re.search(r"PWSCF\s+:.*CPU\s+(.*)WALL", output)
+    wall = re.search(r"PWSCF\s+:(.*)CPU\s+(.*)WALL", output)
+    h_psi = re.search(r"^\s+h_psi\s+:.*\(\s*(\d+) calls\)", output, re.M)
     dense = re.search(r"Dense\s+grid:.*FFT dimensions:\s*\(\s*(\d+),\s*(\d+),\s*(\d+)\)", output)
     return {
         "iterations": iterations,
@@ -216,7 +230,9 @@ def parse_pw(output: str) -> dict[str, object]:
         "accuracy_Ry": accuracy,
         "read_from_file": READ_FROM_FILE in output,
         "from_atoms": FROM_ATOMS in output,
-        "pw_wall_s": seconds(wall.group(1)) if wall else None,
+        "pw_cpu_s": seconds(wall.group(1)) if wall else None,
+        "pw_wall_s": seconds(wall.group(2)) if wall else None,
+        "h_psi_calls": int(h_psi.group(1)) if h_psi else None,
         "dense_grid": [int(n) for n in dense.groups()] if dense else None,
         "job_done": "JOB DONE" in output,
     }
@@ -247,12 +263,12 @@ def run_pw(folder: Path, text: str) -> tuple[dict[str, object], float, list[floa
     return parsed, wall, load
 
 
-def predict(folder: Path, model: str) -> tuple[float, str]:
-    """Write ``folder/tmp/pw.save/charge-density.dat`` with dpcharge; return wall time, log."""
+def predict(folder: Path, model: str) -> tuple[float, float, str]:
+    """Write ``folder/tmp/pw.save/charge-density.dat`` with dpcharge; return wall, CPU, log."""
     command = [tool("dpcharge"), "reassemble", str(ROOT / model), "scf.in"]
     command += ["--format", "espresso", "--threads", "1", "--force"]
     wall = timed(command, folder, folder / "dpcharge.log")
-    return wall, (folder / "dpcharge.log").read_text()
+    return wall, LAST_CPU, (folder / "dpcharge.log").read_text()
 
 
 def relative(text: str) -> str:
@@ -297,7 +313,7 @@ def start_both(case: Case, seed: int, force: bool) -> dict[str, object] | None:
     print(f"  atomic start: {atomic['iterations'][0]} iterations, {atomic_wall:.1f} s", flush=True)
     (folder / "predicted" / "scf.in").write_text(with_startingpot(text))
     predict_load = [round(x, 2) for x in os.getloadavg()]
-    predict_wall, predict_log = predict(folder / "predicted", case.model)
+    predict_wall, predict_cpu, predict_log = predict(folder / "predicted", case.model)
     predicted, predicted_wall, predicted_load = run_pw(folder / "predicted", with_startingpot(text))
     print(
         f"  predicted start: {predicted['iterations'][0]} iterations, pw.x {predicted_wall:.1f} s"
@@ -328,6 +344,8 @@ def start_both(case: Case, seed: int, force: bool) -> dict[str, object] | None:
         "pw_reported_wall_atomic_s": atomic["pw_wall_s"],
         "pw_reported_wall_predicted_s": predicted["pw_wall_s"],
         "dpcharge_wall_s": round(predict_wall, 1),
+        "dpcharge_cpu_s": round(predict_cpu, 1),
+        **work_fields(atomic, predicted),
         "energy_atomic_Ry": atomic["energies_Ry"][-1],
         "energy_predicted_Ry": predicted["energies_Ry"][-1],
         "energy_difference_Ry": round(difference, 10),
@@ -355,6 +373,35 @@ def start_both(case: Case, seed: int, force: bool) -> dict[str, object] | None:
     }
     save(record, result)
     return record
+
+
+def work_fields(atomic: dict, predicted: dict) -> dict[str, object]:
+    """Return pw.x's own CPU times and Hamiltonian applications of both runs."""
+    return {
+        "pw_cpu_atomic_s": atomic["pw_cpu_s"],
+        "pw_cpu_predicted_s": predicted["pw_cpu_s"],
+        "h_psi_calls_atomic": atomic["h_psi_calls"],
+        "h_psi_calls_predicted": predicted["h_psi_calls"],
+    }
+
+
+def refresh() -> None:
+    """Add `work_fields` to results written before they existed, from the kept pw.x outputs."""
+    for path in sorted(RESULTS.glob("*_seed*.json")):
+        record = json.loads(path.read_text())
+        folder = WORK / path.stem
+        if "iterations_atomic" not in record or not (folder / "predicted" / "pw.out").exists():
+            continue
+        atomic, predicted = (
+            parse_pw((folder / name / "pw.out").read_text()) for name in ("atomic", "predicted")
+        )
+        if [atomic["iterations"][0], predicted["iterations"][0]] != [
+            record["iterations_atomic"],
+            record["iterations_predicted"],
+        ]:
+            raise RuntimeError(f"{folder} does not hold the runs of {path}")
+        record.update(work_fields(atomic, predicted))
+        save(record, path)
 
 
 def save(record: dict, path: Path) -> None:
@@ -465,6 +512,7 @@ def md_run(
             "wall_s": round(wall, 1),
             "load_average_before": load,
             "iterations": parsed["iterations"],
+            "pw_cpu_s": parsed["pw_cpu_s"],
             "energies_Ry": parsed["energies_Ry"],
             "frames_read": len(frames),
         },
@@ -498,7 +546,7 @@ def md_run(
         if (index + 1) % predict_every == 0:
             (here / "predicted").mkdir()
             (here / "predicted" / "scf.in").write_text(with_startingpot(step_text))
-            predict_wall, _ = predict(here / "predicted", case.model)
+            predict_wall, predict_cpu, _ = predict(here / "predicted", case.model)
             predicted, predicted_wall, _ = run_pw(here / "predicted", with_startingpot(step_text))
             row.update(
                 iterations_predicted=predicted["iterations"][0],
@@ -506,6 +554,9 @@ def md_run(
                 energy_difference_Ry=round(predicted["energies_Ry"][-1] - energy, 10),
                 pw_wall_predicted_s=round(predicted_wall, 1),
                 dpcharge_wall_s=round(predict_wall, 1),
+                dpcharge_cpu_s=round(predict_cpu, 1),
+                pw_cpu_predicted_s=predicted["pw_cpu_s"],
+                h_psi_calls_predicted=predicted["h_psi_calls"],
             )
         if index == 0:
             row["iterations_atomic"] = iterations  # the MD's first step starts from atoms
@@ -516,6 +567,8 @@ def md_run(
                 iterations_atomic=atomic["iterations"][0],
                 energy_atomic_difference_Ry=round(atomic["energies_Ry"][-1] - energy, 10),
                 pw_wall_atomic_s=round(atomic_wall, 1),
+                pw_cpu_atomic_s=atomic["pw_cpu_s"],
+                h_psi_calls_atomic=atomic["h_psi_calls"],
             )
         print(f"  step {index + 1}: {row}", flush=True)
         record["steps"].append(row)
@@ -558,9 +611,10 @@ def table() -> str:
     """Return the Markdown tables of every result in `RESULTS`."""
     lines = [
         "| system | structure | iterations atomic → predicted | saved | pw.x atomic (s) "
-        "| pw.x predicted (s) | dpcharge (s) | predicted + dpcharge (s) | ΔE (Ry) "
+        "| pw.x predicted (s) | dpcharge (s) | predicted + dpcharge (s) "
+        "| pw.x CPU atomic → predicted (s) | h_psi calls atomic → predicted | ΔE (Ry) "
         "| read from file |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*_seed*.json"))]
     for r in (r for r in records if "iterations_atomic" in r):
@@ -569,7 +623,10 @@ def table() -> str:
             f"| {r['system']} | seed {r['seed']} ({r['formula']}) | {r['iterations_atomic']} → "
             f"{r['iterations_predicted']} | {r['saved_percent']:.0f} % | "
             f"{r['pw_wall_atomic_s']:.0f} | {r['pw_wall_predicted_s']:.0f} | "
-            f"{r['dpcharge_wall_s']:.0f} | {total:.0f} | {r['energy_difference_Ry']:+.1e} "
+            f"{r['dpcharge_wall_s']:.0f} | {total:.0f} | "
+            f"{r.get('pw_cpu_atomic_s', 0):.0f} → {r.get('pw_cpu_predicted_s', 0):.0f} | "
+            f"{r.get('h_psi_calls_atomic')} → {r.get('h_psi_calls_predicted')} | "
+            f"{r['energy_difference_Ry']:+.1e} "
             f"(conv_thr {r['conv_thr_Ry']:.0e}) | "
             f"{'yes' if r['pw_read_density_from_file'] else 'NO'} |"
         )
@@ -620,8 +677,13 @@ def main(argv: list[str] | None = None) -> int:
         "--md-only", action="store_true", help="only the MD, no SCF at its positions"
     )
     parser.add_argument("--force", action="store_true", help="run again when results exist")
+    parser.add_argument(
+        "--refresh", action="store_true", help="add pw.x CPU times and h_psi calls to old results"
+    )
     parser.add_argument("--table", action="store_true", help="print the Markdown tables")
     args = parser.parse_args(argv)
+    if args.refresh:
+        refresh()
     if args.table:
         print(table())
         return 0
