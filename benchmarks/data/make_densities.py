@@ -54,7 +54,7 @@ from dpcharge.chgcar import read_density, write_chgcar
 from dpcharge.grid import grid_for_spacing
 
 PSEUDO_DIR = os.environ.get("ESPRESSO_PSEUDO", "/usr/share/espresso/pseudo")
-VALENCE = {"Si": 4, "Al": 3, "Mg": 2, "H": 1, "O": 6, "Fe": 16}
+VALENCE = {"Si": 4, "Al": 3, "Mg": 2, "H": 1, "O": 6, "Fe": 8}
 
 PSEUDO_DENSITY = (
     "pp.x plot_num=0 valence pseudo-density, cube e/bohr^3 converted to e/Å^3; "
@@ -341,20 +341,23 @@ AL = QESettings(
     grid_spacing=0.18,
 )
 FE = QESettings(
-    {"Fe": "Fe.pbesol-spn-kjpaw_psl.1.0.0.UPF"},
-    ecutwfc=45.0,
-    ecutrho=360.0,
+    {"Fe": "Fe.pbe-nd-rrkjus.UPF"},
+    ecutwfc=30.0,
+    ecutrho=240.0,
     smearing="mv",
-    degauss=0.02,
-    grid_spacing=0.079,
+    degauss=0.04,
+    grid_spacing=0.095,
+    mixing_beta=0.3,
     functional=(
-        "PBEsol (PAW pslibrary 1.0.0, 3s3p semicore: 16 valence electrons; the UPF suggests "
-        "71 Ry / 496 Ry for converged energies, 45 / 360 Ry is used for cost)"
+        "PBE (ultrasoft, 3d7 4s1: 8 valence electrons, nonlinear core correction; the cutoffs "
+        "of QE's own Fe examples). The PAW set with 3s3p semicore (Fe.pbesol-spn-kjpaw_psl, 16 "
+        "electrons, 45/360 Ry) took 400 s of CPU per SCF iteration here, and was not used; "
+        "with 0.02 Ry smearing and beta 0.2 the SCF needed over 40 iterations"
     ),
     density=(
-        "pp.x plot_num=0 valence density (PAW: pseudo-density plus augmentation) and plot_num=6 "
-        "magnetisation rho_up - rho_down, cube e/bohr^3 converted to e/Å^3; CHGCAR (ISPIN=2) "
-        "holds rho*V_cell, then the magnetisation*V_cell"
+        "pp.x plot_num=0 valence density INCLUDING the ultrasoft augmentation charges and "
+        "plot_num=6 magnetisation rho_up - rho_down (with its augmentation), cube e/bohr^3 "
+        "converted to e/Å^3; the CHGCAR (ISPIN=2) holds rho*V_cell, then the magnetisation*V_cell"
     ),
     starting_magnetization=0.3,
 )
@@ -384,7 +387,9 @@ class System:
     estimate : str
         Cost of one calculation, for ``--dry-run``.
     kpoints : tuple of int or None
-        Unshifted Monkhorst-Pack grid; None = Gamma point only (``K_POINTS gamma``).
+        Monkhorst-Pack grid; None = Gamma point only (``K_POINTS gamma``).
+    kpoint_shift : bool
+        Shift the Monkhorst-Pack grid by half a step (fewer irreducible points).
     """
 
     name: str
@@ -393,6 +398,7 @@ class System:
     seeds: list[int]
     estimate: str
     kpoints: tuple[int, int, int] | None = None
+    kpoint_shift: bool = False
 
 
 SYSTEMS: dict[str, System] = {
@@ -427,8 +433,9 @@ SYSTEMS: dict[str, System] = {
             lambda seed: fe_crystal(2, seed),
             FE,
             list(range(1, 11)),
-            "spin-polarised PAW, k 2x2x2, 72^3 (estimate 5-15 min on 1 rank)",
+            "spin-polarised ultrasoft, k 2x2x2 shifted, 60^3 (estimate 10-20 min on 1 rank)",
             kpoints=(2, 2, 2),
+            kpoint_shift=True,
         ),
         System(
             "alslab", al_slab, AL, list(range(1, 11)), "~10-30 s each, k 4x4x1", kpoints=(4, 4, 1)
@@ -527,6 +534,7 @@ def pw_input(
     settings: QESettings,
     kpoints: tuple[int, int, int] | None,
     grid: tuple[int, int, int],
+    kpoint_shift: bool = False,
 ) -> str:
     """Return the pw.x SCF input for ``atoms``, written by ase (cell and positions in Å).
 
@@ -540,6 +548,8 @@ def pw_input(
         Unshifted Monkhorst-Pack grid; None = Gamma point (``K_POINTS gamma``).
     grid : tuple of int
         Dense FFT grid, ``nr1, nr2, nr3``.
+    kpoint_shift : bool
+        Shift the Monkhorst-Pack grid by half a step.
 
     Returns
     -------
@@ -583,6 +593,7 @@ def pw_input(
         input_data=input_data,
         pseudopotentials=settings.pseudopotentials,
         kpts=kpoints,
+        koffset=(1, 1, 1) if kpoint_shift else (0, 0, 0),
     )
     return buf.getvalue()
 
@@ -611,7 +622,11 @@ def mpirun(nproc: int) -> list[str]:
 
 
 def run_qe(
-    atoms: Atoms, settings: QESettings, kpoints: tuple[int, int, int] | None, nproc: int
+    atoms: Atoms,
+    settings: QESettings,
+    kpoints: tuple[int, int, int] | None,
+    nproc: int,
+    kpoint_shift: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, object]]:
     """Run pw.x and pp.x for ``atoms`` and return the density (e/Å^3, (NX, NY, NZ)) and metadata.
 
@@ -625,6 +640,8 @@ def run_qe(
         Monkhorst-Pack grid, None = Gamma.
     nproc : int
         MPI ranks.
+    kpoint_shift : bool
+        Shift the Monkhorst-Pack grid by half a step.
 
     Returns
     -------
@@ -641,7 +658,7 @@ def run_qe(
     env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
     with tempfile.TemporaryDirectory(prefix="dpcharge_qe_") as work:
         wd = Path(work)
-        (wd / "pw.in").write_text(pw_input(atoms, settings, kpoints, grid))
+        (wd / "pw.in").write_text(pw_input(atoms, settings, kpoints, grid, kpoint_shift))
         load_before = os.getloadavg()
         t0 = time.perf_counter()
         with open(wd / "pw.in") as fin, open(wd / "pw.out", "w") as fout:
@@ -742,7 +759,9 @@ def compute(system: System, seed: int, out: Path, nproc: int, force: bool) -> Pa
     print(
         f"{system.name} seed {seed}: {atoms.get_chemical_formula()}, {nelec} electrons", flush=True
     )
-    density, magnetization, meta = run_qe(atoms, system.settings, system.kpoints, nproc)
+    density, magnetization, meta = run_qe(
+        atoms, system.settings, system.kpoints, nproc, system.kpoint_shift
+    )
     out.mkdir(parents=True, exist_ok=True)
     write_chgcar(target, atoms, density, magnetization)
     back_atoms, back = read_density(target)
@@ -769,7 +788,9 @@ def compute(system: System, seed: int, out: Path, nproc: int, force: bool) -> Pa
         "pseudo_dir": "Debian quantum-espresso-data, /usr/share/espresso/pseudo",
         "ecutwfc_Ry": s.ecutwfc,
         "ecutrho_Ry": s.density_cutoff,
-        "kpoints": "gamma" if system.kpoints is None else f"MP {system.kpoints} unshifted",
+        "kpoints": "gamma"
+        if system.kpoints is None
+        else f"MP {system.kpoints} {'shifted' if system.kpoint_shift else 'unshifted'}",
         "smearing": s.smearing,
         "degauss_Ry": s.degauss,
         "conv_thr_Ry": s.conv_thr_per_8_atoms * len(atoms) / 8,
