@@ -465,6 +465,19 @@ QE_SI2 = DATA / "qe" / "si2" / "scf.in"
 SI_UPF = Path("/usr/share/espresso/pseudo/Si.pbe-rrkj.UPF")
 
 
+def start_pw_x_from_file(scf: Path) -> None:
+    """Run pw.x on ``scf`` with startingpot = 'file'; check it read the density and converged."""
+    if shutil.which("pw.x") is None:
+        pytest.skip("pw.x is not installed (Debian's quantum-espresso): the SCF start not run")
+    scf.write_text(scf.read_text().replace("&ELECTRONS\n", "&ELECTRONS\n  startingpot = 'file'\n"))
+    run = subprocess.run(
+        ["pw.x", "-in", scf.name], capture_output=True, text=True, cwd=scf.parent, check=False
+    )
+    assert run.returncode == 0, run.stdout[-2000:]
+    assert "The initial density is read from file" in run.stdout
+    assert "convergence has been achieved" in run.stdout
+
+
 @pytest.mark.skipif(not SI_UPF.exists(), reason="Debian's quantum-espresso-data is not installed")
 def test_reassemble_writes_the_start_density_of_a_pw_x_run(
     frozen_model, tmp_path, in_process, monkeypatch
@@ -484,15 +497,7 @@ def test_reassemble_writes_the_start_density_of_a_pw_x_run(
     assert electron_count(density, pw.atoms.get_volume()) == pytest.approx(8, abs=1e-9)
     again = in_process("reassemble", frozen_model, scf, "--format", "espresso")
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwritten
-    if shutil.which("pw.x") is None:
-        pytest.skip("pw.x is not installed (Debian's quantum-espresso): the SCF start not run")
-    scf.write_text(scf.read_text().replace("&ELECTRONS\n", "&ELECTRONS\n  startingpot = 'file'\n"))
-    run = subprocess.run(
-        ["pw.x", "-in", "scf.in"], capture_output=True, text=True, cwd=tmp_path, check=False
-    )
-    assert run.returncode == 0, run.stdout[-2000:]
-    assert "The initial density is read from file" in run.stdout
-    assert "convergence has been achieved" in run.stdout
+    start_pw_x_from_file(scf)
 
 
 @pytest.mark.skipif(not SI_UPF.exists(), reason="Debian's quantum-espresso-data is not installed")
@@ -523,15 +528,7 @@ def test_spin_polarised_pw_x_start_needs_and_writes_a_magnetization(
     )
     density = charge_density_to_grid(written, pw.atoms, pw.dense_grid)
     assert electron_count(density, volume) == pytest.approx(8, abs=1e-9)
-    if shutil.which("pw.x") is None:
-        pytest.skip("pw.x is not installed (Debian's quantum-espresso): the SCF start not run")
-    scf.write_text(scf.read_text().replace("&ELECTRONS\n", "&ELECTRONS\n  startingpot = 'file'\n"))
-    run = subprocess.run(
-        ["pw.x", "-in", "scf.in"], capture_output=True, text=True, cwd=tmp_path, check=False
-    )
-    assert run.returncode == 0, run.stdout[-2000:]
-    assert "The initial density is read from file" in run.stdout
-    assert "convergence has been achieved" in run.stdout
+    start_pw_x_from_file(scf)
 
 
 # ----------------------------------------------------------------------------- spin
