@@ -1,0 +1,146 @@
+"""Spin-polarised Fe: learn the density and the magnetisation, predict an unseen structure.
+
+The workflow of a user with one spin-polarised DFT run (``docs/benchmarks.md``, "Spin"): two
+models trained the same way on the same 1e5 random grid points of one ferromagnetic bcc Fe16
+structure (``make_densities.py --systems fe16``: ultrasoft PBE, nspin 2), one on the total
+density (``dpcharge convert --component total``), one on the magnetisation rho_up - rho_down
+(``--component magnetization``); both with ``input_templates/si.json``'s network and learning
+rate, type map Fe X, ``sel`` 120 (about 102 Fe atoms lie within 6.5 Å of a point in bcc Fe)
+and the atomic-density baseline of ``docs/baseline.md``. Then
+``dpcharge test TOTAL.pb CHGCAR --magnetization MAG.pb`` on every grid point of unseen
+structures: MAE, RMSE, NMAE, R² of both components, the total moment (μB) predicted and DFT's,
+and the error of each atom's moment (its Voronoi cell).
+
+Each model trains in ``benchmarks/runs/spin_fe16_<component>/`` (not committed; finished steps
+are skipped); the figures go to ``benchmarks/results/spin_fe16.json`` and ``--table`` prints the
+Markdown table of ``docs/benchmarks.md``.
+
+Usage (one thread per training; ``--jobs 2`` trains both models at once)::
+
+    nice -n 10 python benchmarks/spin.py --steps 20000 --jobs 2
+    python benchmarks/spin.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from accuracy import RESULTS, ROOT, RUNS, density_file, execute, save, tool, training_curve
+
+COMPONENTS = ("total", "magnetization")
+TRAIN_SEEDS = (1,)
+TEST_SEEDS = (2,)
+POINTS = 100_000
+RESULT = RESULTS / "spin_fe16.json"
+
+
+def training_input(steps: int) -> dict:
+    """Return si.json for Fe: type map Fe X, sel 120, the baseline, ``steps`` steps."""
+    config = json.loads((ROOT / "input_templates" / "si.json").read_text())
+    config.pop("_comment")
+    model = config["model"]
+    model["type_map"] = ["Fe", "X"]
+    model["descriptor"]["sel"] = [120, 0]
+    model["fitting_net"]["baseline"] = {"basis": 8}
+    config["learning_rate"]["decay_steps"] = max(1, steps // 20)
+    config["training"].update(numb_steps=steps, save_freq=steps // 2, disp_freq=steps // 20)
+    return config
+
+
+def train(component: str, steps: int) -> dict[str, float]:
+    """Convert, train and freeze the model of one component; return its training figures."""
+    folder = RUNS / f"spin_fe16_{component}"
+    folder.mkdir(parents=True, exist_ok=True)
+    record = folder / "training.json"
+    if (folder / "model.pb").exists() and record.exists():
+        figures = json.loads(record.read_text())
+        if figures["steps"] == steps:
+            return figures
+    log = folder / "log.txt"
+    files = [str(density_file("fe16", seed)) for seed in TRAIN_SEEDS]
+    convert = [tool("dpcharge"), "convert", *files, "-o", "data", "--component", component]
+    convert += ["--points", str(POINTS // len(files)), "--validation", "0.1", "--force", "-q"]
+    execute(convert, folder, 1, log)
+    (folder / "input.json").write_text(json.dumps(training_input(steps), indent=2))
+    train = [tool("dp"), "--tf", "train", "input.json", "--skip-neighbor-stat"]
+    wall, cpu = execute(train, folder, 1, log)
+    execute([tool("dp"), "--tf", "freeze", "-o", "model.pb"], folder, 1, log)
+    curve = training_curve(folder / "lcurve.out")
+    figures = {"steps": steps, "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1)}
+    figures["final_train_rmse"] = curve["rmse"][-1]
+    save(figures, record)
+    return figures
+
+
+def test(threads: int) -> dict[str, object]:
+    """Run ``dpcharge test`` of both models on each unseen structure; return its JSON."""
+    folder = RUNS / "spin_fe16_total"
+    report = folder / "test_unseen.json"
+    report.unlink(missing_ok=True)
+    files = [str(density_file("fe16", seed)) for seed in TEST_SEEDS]
+    magnetization = RUNS / "spin_fe16_magnetization" / "model.pb"
+    command = [tool("dpcharge"), "test", "model.pb", *files, "--magnetization", str(magnetization)]
+    command += ["--json", report.name, "--plots", "plots", "--threads", str(threads), "--force"]
+    execute(command, folder, threads, folder / "log.txt")
+    return json.loads(report.read_text())
+
+
+def table(result: dict) -> str:
+    """Return the Markdown table of both components on each unseen structure."""
+    lines = [
+        "| structure | component | MAE e/Å^3 | RMSE e/Å^3 | NMAE % | R² | integral: predicted "
+        "/ DFT | atomic moments: MAE μB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    report = result["test"]
+    for name, total in report["files"].items():
+        spin = report["magnetization"]["files"][name]
+        lines.append(
+            f"| {name} | total | {total['mae']:.2e} | {total['rmse']:.2e} | {total['nmae']:.2f} "
+            f"| {total['r2']:.5f} | {total['electrons_predicted']:.2f} / "
+            f"{total['electrons_reference']:.2f} e | |"
+        )
+        lines.append(
+            f"| {name} | magnetisation | {spin['mae']:.2e} | {spin['rmse']:.2e} | "
+            f"{spin['nmae']:.2f} | {spin['r2']:.5f} | {spin['moment_predicted']:.3f} / "
+            f"{spin['moment_reference']:.3f} μB | {spin['atomic_moments_mae']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=20_000, help="training steps per model")
+    parser.add_argument("--jobs", type=int, default=1, help="models trained at once (1 or 2)")
+    parser.add_argument("--table", action="store_true", help="print the table of the results")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(table(json.loads(RESULT.read_text())))
+        return 0
+    missing = [
+        density_file("fe16", seed)
+        for seed in (*TRAIN_SEEDS, *TEST_SEEDS)
+        if not density_file("fe16", seed).exists()
+    ]
+    if any(density_file("fe16", seed) in missing for seed in TRAIN_SEEDS):
+        print(f"missing {', '.join(p.name for p in missing)}: run make_densities.py --systems fe16")
+        return 1
+    with ThreadPoolExecutor(args.jobs) as pool:
+        trainings = dict(
+            zip(COMPONENTS, pool.map(lambda c: train(c, args.steps), COMPONENTS), strict=True)
+        )
+    if missing:
+        print(f"trained; to test, make {', '.join(p.name for p in missing)} and run again")
+        return 1
+    result = {"train_seeds": TRAIN_SEEDS, "points": POINTS, "training": trainings}
+    result["test"] = test(threads=args.jobs)
+    save(result, RESULT)
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
