@@ -344,15 +344,18 @@ FE = QESettings(
     {"Fe": "Fe.pbe-nd-rrkjus.UPF"},
     ecutwfc=30.0,
     ecutrho=240.0,
-    smearing="mv",
-    degauss=0.04,
+    smearing="gaussian",
+    degauss=0.02,
     grid_spacing=0.095,
-    mixing_beta=0.3,
+    mixing_beta=0.2,
+    conv_thr_per_8_atoms=1e-6,
     functional=(
         "PBE (ultrasoft, 3d7 4s1: 8 valence electrons, nonlinear core correction; the cutoffs "
         "of QE's own Fe examples). The PAW set with 3s3p semicore (Fe.pbesol-spn-kjpaw_psl, 16 "
-        "electrons, 45/360 Ry) took 400 s of CPU per SCF iteration here, and was not used; "
-        "with 0.02 Ry smearing and beta 0.2 the SCF needed over 40 iterations"
+        "electrons, 45/360 Ry) took 400 s of CPU per SCF iteration here, and was not used. With "
+        "Marzari-Vanderbilt smearing (0.02 Ry, beta 0.2; 0.04 Ry, beta 0.3) the SCF stalled "
+        "near 3e-5 Ry after 35 iterations, with these settings near 2.5e-3 Ry after 17: no Fe16 "
+        "density is computed yet (benchmarks/data/STATUS.md)"
     ),
     density=(
         "pp.x plot_num=0 valence density INCLUDING the ultrasoft augmentation charges and "
