@@ -697,10 +697,11 @@ def table() -> str:
         ]
         for s in r["steps"]:
             atomic = s.get("iterations_atomic", "")
+            difference = f"{s['energy_difference_Ry']:+.1e}" if "energy_difference_Ry" in s else ""
             lines.append(
                 f"| {s['step']} | {s['iterations_md_extrapolated']} "
                 f"| {s.get('iterations_predicted', '')} "
-                f"| {atomic} | {s.get('energy_difference_Ry', float('nan')):+.1e} |"
+                f"| {atomic} | {difference} |"
             )
     return "\n".join(lines)
 
