@@ -534,10 +534,12 @@ def _run_reassemble(args: argparse.Namespace) -> None:
         for n in range(frames)
     ]
     spin = args.magnetization is not None
-    for paths in outputs:
-        for key in ("output", "npy") if spin and espresso is None else ():
-            if paths[key] is not None and (key == "npy" or args.format == "cube"):
-                paths[f"{key}_magnetization"] = _component_path(paths[key], "magnetization")
+    # the magnetisation's own files: beside the npy, and beside a cube (a CHGCAR holds both)
+    second_files = ("npy", "output") if args.format == "cube" else ("npy",)
+    for paths in outputs if spin and espresso is None else ():
+        for key in second_files:
+            if paths[key] is not None:
+                paths[f"{key}_magnetization"] = _tagged_path(paths[key], "magnetization")
     for paths in outputs:  # on every rank, so that all refuse alike
         for parameter, path in paths.items():
             if path is not None:
@@ -723,20 +725,18 @@ def _report_magnetization(atoms: object, density: np.ndarray, magnetization: np.
         )
 
 
-def _component_path(path: str, component: str) -> str:
-    """Return the file of a second component: ``_<component>`` before the extension."""
+def _tagged_path(path: str, tag: object) -> str:
+    """Return ``path`` with ``_<tag>`` before its extension (a frame number, a component)."""
     name = Path(path).name
     stem, dot, extension = name.partition(".")
-    return str(Path(path).with_name(f"{stem}_{component}{dot}{extension}"))
+    return str(Path(path).with_name(f"{stem}_{tag}{dot}{extension}"))
 
 
 def _frame_path(path: str | None, number: int, frames: int) -> str | None:
     """Return the output file of one frame: ``_<number>`` before the extension when several."""
     if path is None or frames == 1:
         return path
-    name = Path(path).name
-    stem, dot, extension = name.partition(".")
-    return str(Path(path).with_name(f"{stem}_{number}{dot}{extension}"))
+    return _tagged_path(path, number)
 
 
 def _same_cell(cell_a: object, cell_b: object) -> bool:
