@@ -38,11 +38,8 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,15 +52,13 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "data"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import make_densities as md  # noqa: E402
+from accuracy import execute, save, tool  # noqa: E402
 
 WORK = ROOT / "benchmarks" / "runs" / "scf_start"
 RESULTS = ROOT / "benchmarks" / "results" / "scf_start"
 SI64_MODEL = "benchmarks/runs/si64_baseline_fixed8_20000/model.pb"
 HOT_SIGMA = 0.125
 """Gaussian displacement (Å) of the hot Si64: 2.5 times the thermal snapshots' 0.05 Å."""
-
-LAST_CPU = 0.0
-"""CPU seconds (user + system) of the last command `timed` ran, with its children."""
 
 READ_FROM_FILE = "The initial density is read from file"
 FROM_ATOMS = "Initial potential from superposition of free atoms"
@@ -144,51 +139,16 @@ CASES = {
 # ----------------------------------------------------------------------------- running
 
 
-def environment() -> dict[str, str]:
-    """Return the environment of every subprocess: one OpenMP and TensorFlow thread."""
-    env = dict(os.environ)
-    env.update(
-        OMP_NUM_THREADS="1",
-        DP_INTRA_OP_PARALLELISM_THREADS="1",
-        DP_INTER_OP_PARALLELISM_THREADS="1",
-        TF_CPP_MIN_LOG_LEVEL="2",
-    )
-    return env
+def timed(command: list[str], cwd: Path, log: Path) -> tuple[float, float]:
+    """Run ``nice -n 10 command`` on one thread in ``cwd``, its output alone in ``log``.
 
-
-def timed(command: list[str], cwd: Path, log: Path, stdin: Path | None = None) -> float:
-    """Run ``nice -n 10 command`` in ``cwd`` with its output in ``log``; return wall seconds.
-
-    Raises
-    ------
-    RuntimeError
-        The command failed.
+    Returns
+    -------
+    tuple of float
+        Wall and CPU (user + system) seconds.
     """
-    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    with log.open("w") as out, stdin.open() if stdin else open(os.devnull) as source:
-        done = subprocess.run(
-            ["nice", "-n", "10", *command],
-            cwd=cwd,
-            stdin=source,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=environment(),
-        )
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed in {cwd}; see {log}")
-    wall = time.perf_counter() - start
-    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    global LAST_CPU
-    LAST_CPU = (cpu_after.ru_utime + cpu_after.ru_stime) - (
-        cpu_before.ru_utime + cpu_before.ru_stime
-    )
-    return wall
-
-
-def tool(name: str) -> str:
-    """Return a console script of this Python environment (dpcharge)."""
-    return shutil.which(name) or str(Path(sys.executable).with_name(name))
+    log.unlink(missing_ok=True)
+    return execute(["nice", "-n", "10", *command], cwd, 1, log)
 
 
 def with_startingpot(text: str) -> str:
@@ -252,7 +212,7 @@ def run_pw(folder: Path, text: str) -> tuple[dict[str, object], float, list[floa
     """
     (folder / "scf.in").write_text(text)
     load = [round(x, 2) for x in os.getloadavg()]
-    wall = timed(["pw.x", "-in", "scf.in"], folder, folder / "pw.out")
+    wall, _ = timed(["pw.x", "-in", "scf.in"], folder, folder / "pw.out")
     parsed = parse_pw((folder / "pw.out").read_text())
     if not parsed["job_done"] or not parsed["iterations"]:
         raise RuntimeError(f"pw.x did not converge in {folder}")
@@ -267,8 +227,8 @@ def predict(folder: Path, model: str) -> tuple[float, float, str]:
     """Write ``folder/tmp/pw.save/charge-density.dat`` with dpcharge; return wall, CPU, log."""
     command = [tool("dpcharge"), "reassemble", str(ROOT / model), "scf.in"]
     command += ["--format", "espresso", "--threads", "1", "--force"]
-    wall = timed(command, folder, folder / "dpcharge.log")
-    return wall, LAST_CPU, (folder / "dpcharge.log").read_text()
+    wall, cpu = timed(command, folder, folder / "dpcharge.log")
+    return wall, cpu, (folder / "dpcharge.log").read_text()
 
 
 def relative(text: str) -> str:
@@ -458,14 +418,6 @@ def refresh() -> None:
         save(record, path)
 
 
-def save(record: dict, path: Path) -> None:
-    """Write a JSON record whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(record, indent=1) + "\n")
-    temporary.replace(path)
-
-
 # ----------------------------------------------------------------------------- MD
 
 
@@ -633,7 +585,7 @@ def md_run(
 def timed_md(folder: Path, text: str) -> float:
     """Run the MD input in ``folder`` (output ``pw.out``); return the wall time."""
     (folder / "md.in").write_text(text)
-    wall = timed(["pw.x", "-in", "md.in"], folder, folder / "pw.out")
+    wall, _ = timed(["pw.x", "-in", "md.in"], folder, folder / "pw.out")
     shutil.rmtree(folder / "tmp", ignore_errors=True)
     return wall
 
