@@ -38,6 +38,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import ctypes.util
 import json
 import os
 import shutil
@@ -105,8 +106,15 @@ SYSTEMS = {
         System(
             "water32", "water, 32 H2O", "water.json", ("O", "H"), (56, 112), 3, 2.3e-3, "water64"
         ),
+        System(
+            "si64us", "crystalline Si, 64 atoms, ultrasoft", "si.json", ("Si",), None, 3, 6.7e-4
+        ),
     )
 }
+ALLOCATORS = {"glibc": None, "jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}
+"""Memory allocators for ``dp train``: the library preloaded (None: glibc's malloc); the
+dynamic linker finds it in the system's library path (Debian: libjemalloc2,
+libtcmalloc-minimal4)."""
 LARGE_SEED = 1001
 """Seed of the larger cells in ``make_densities.py``."""
 
@@ -131,6 +139,10 @@ class Run:
         Changes to the template, as (dotted key, value), e.g. ``("learning_rate.start_lr", 3e-3)``.
     steps
         Training steps of this run; None = the benchmark's ``--steps``.
+    points_per_frame
+        Grid points per training frame (``dpcharge convert --points-per-frame``).
+    allocator
+        Memory allocator of ``dp train``, a key of ``ALLOCATORS``.
     """
 
     name: str
@@ -140,6 +152,8 @@ class Run:
     points: int
     settings: tuple[tuple[str, object], ...] = ()
     steps: int | None = None
+    points_per_frame: int = 200
+    allocator: str = "glibc"
 
     @property
     def train_files(self) -> list[Path]:
@@ -223,9 +237,20 @@ def training_input(run: Run, steps: int) -> dict:
     return config
 
 
-def execute(command: list[str], cwd: Path, threads: int, log: Path) -> tuple[float, float]:
-    """Run a command, appending its output to ``log``; return wall and CPU seconds."""
+def execute(
+    command: list[str], cwd: Path, threads: int, log: Path, allocator: str = "glibc"
+) -> tuple[float, float]:
+    """Run a command, appending its output to ``log``; return wall and CPU seconds.
+
+    ``allocator`` (a key of ``ALLOCATORS``) is preloaded into the command.
+    """
     env = dict(os.environ)
+    library = ALLOCATORS[allocator]
+    if library is not None:
+        # the dynamic linker ignores a missing preload with a warning: refuse it here instead
+        if ctypes.util.find_library(library.removeprefix("lib").split(".so")[0]) is None:
+            raise RuntimeError(f"{library} is not installed (allocator {allocator})")
+        env["LD_PRELOAD"] = library
     env.update(
         OMP_NUM_THREADS=str(threads),
         DP_INTRA_OP_PARALLELISM_THREADS=str(threads),
@@ -270,6 +295,7 @@ def perform(run: Run, steps: int, threads: int) -> str:
         per_file = run.points // len(run.train_seeds)
         convert = [tool("dpcharge"), "convert", *map(str, run.train_files), "-o", "data"]
         convert += ["--type-map", *run.system.type_map, "--points", str(per_file), "--force", "-q"]
+        convert += ["--points-per-frame", str(run.points_per_frame)]
         execute(convert, folder, threads, log)
         (folder / "input.json").write_text(json.dumps(training_input(run, steps), indent=2))
         wall, cpu = execute(
@@ -277,6 +303,7 @@ def perform(run: Run, steps: int, threads: int) -> str:
             folder,
             threads,
             log,
+            allocator=run.allocator,
         )
         execute([tool("dp"), "--tf", "freeze", "-o", "model.pb"], folder, threads, log)
         curve = training_curve(folder / "lcurve.out")
@@ -289,6 +316,8 @@ def perform(run: Run, steps: int, threads: int) -> str:
             "paper_mae": run.system.paper_mae,
             "train_files": [path.name for path in run.train_files],
             "points": run.points,
+            "points_per_frame": run.points_per_frame,
+            "allocator": run.allocator,
             "steps": steps,
             "threads": threads,
             "train_wall_s": round(wall, 1),

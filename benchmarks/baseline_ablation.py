@@ -42,37 +42,72 @@ RESULTS = RUNS / "baseline_results"
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 SI64_TRAIN, SI64_TEST = density_file("si64", 1), density_file("si64", SI64.test_seed)
 
-TEMPLATE_RATE = (("learning_rate.start_lr", 3e-3),)
-"""The templates' start rate (accuracy.py starts every run at the paper's 1e-3)."""
+OLD_TEMPLATE = (("learning_rate.start_lr", 3e-3), ("model.descriptor.exclude_types", []))
+"""The templates before issue 15's levers: start rate 3e-3 (accuracy.py starts every run at
+the paper's 1e-3), the embedding of real atoms' neighbours computed."""
 
-BASELINES = {
-    "none": (),
-    "fixed8": (("model.fitting_net.baseline", {"basis": 8}),),
-    "trained8": (("model.fitting_net.baseline", {"basis": 8, "trainable": True}),),
-    "fixed8_mae": (
-        ("model.fitting_net.baseline", {"basis": 8}),
-        ("loss", {"type": "density", "function": "mae"}),
+FIXED8 = (("model.fitting_net.baseline", {"basis": 8}),)
+MAE = (("loss", {"type": "density", "function": "mae"}),)
+FAST = (("model.descriptor.exclude_types", [[0, 0]]),)
+"""No embedding of real atoms' neighbours (step_cost.py): same model at grid points, cheaper."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Changes to the template: settings, grid points per frame, allocator of ``dp train``."""
+
+    settings: tuple[tuple[str, object], ...]
+    points_per_frame: int = 200
+    allocator: str = "glibc"
+
+
+VARIANTS = {
+    "none": Variant(()),
+    "fixed8": Variant(FIXED8),
+    "trained8": Variant((("model.fitting_net.baseline", {"basis": 8, "trainable": True}),)),
+    "fixed8_mae": Variant(FIXED8 + MAE),
+    "fixed8_huber": Variant(
+        (
+            *FIXED8,
+            ("loss", {"type": "density", "function": "huber", "huber_delta": 0.003}),
+        )
     ),
-    "fixed8_huber": (
-        ("model.fitting_net.baseline", {"basis": 8}),
-        ("loss", {"type": "density", "function": "huber", "huber_delta": 0.003}),
+    "fast_mae": Variant(FIXED8 + FAST + MAE, allocator="tcmalloc"),
+    "fast_mae_lr1e-2": Variant(
+        (*FIXED8, *FAST, *MAE, ("learning_rate.start_lr", 1e-2)), allocator="tcmalloc"
+    ),
+    "fast_mae_axis8": Variant(
+        (*FIXED8, *FAST, *MAE, ("model.descriptor.axis_neuron", 8)), allocator="tcmalloc"
     ),
 }
-"""Variants: fitting_net.baseline options (absent: no baseline) and the loss (default mse)."""
+"""Variants: baseline (absent: none), loss (default mse), descriptor, rate, batch, allocator."""
 
 GROUPS = {
     "screen": [("fixed8", 10_000), ("trained8", 10_000)],
     "budget": [("fixed8", 20_000)],
     "overhead": [("none", 2_000), ("fixed8", 2_000)],
     "loss": [("fixed8_mae", 10_000), ("fixed8_huber", 10_000)],
+    "optimiser": [("fast_mae", 20_000), ("fast_mae_lr1e-2", 20_000)],
+    # axis_neuron 8: 21 % cheaper steps (step_cost.py), so 25,000 steps cost what 20,000 do
+    "width": [("fast_mae_axis8", 25_000)],
 }
 """Runs of each group: (variant, steps)."""
 
 
-def ablation_run(variant: str, steps: int) -> Run:
-    """Return the one-structure Si64 run of a baseline variant."""
-    settings = TEMPLATE_RATE + BASELINES[variant]
-    return Run(f"si64_baseline_{variant}_{steps}", "baseline", SI64, (1,), 10**5, settings, steps)
+def ablation_run(name: str, steps: int) -> Run:
+    """Return the one-structure Si64 run of a variant."""
+    variant = VARIANTS[name]
+    return Run(
+        f"si64_baseline_{name}_{steps}",
+        "baseline",
+        SI64,
+        (1,),
+        10**5,
+        OLD_TEMPLATE + variant.settings,
+        steps,
+        variant.points_per_frame,
+        variant.allocator,
+    )
 
 
 @dataclass(frozen=True)
@@ -160,23 +195,26 @@ def baseline_alone(case: Alone, options: dict) -> dict[str, float]:
 def table() -> str:
     """Return the Markdown table of every finished run."""
     lines = [
-        "| baseline | loss | steps | CPU min | unseen MAE (e/Å^3) | NMAE % | R² "
-        "| electrons (256) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | baseline | loss | points/frame | allocator | steps | CPU min "
+        "| unseen MAE (e/Å^3) | NMAE % | R² | electrons (256) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted(RESULTS.glob("*.json"), key=lambda p: (len(p.name), p.name)):
         result = json.loads(path.read_text())
         test = result["tests"].get("unseen")
         if test is None:
             continue
-        baseline = result["settings"].get("model.fitting_net.baseline", "none")
-        loss = result["settings"].get("loss", {})
+        settings = result["settings"]
+        baseline = settings.get("model.fitting_net.baseline", "none")
+        loss = settings.get("loss", {})
         function = loss.get("function", "mse") + (
             f" {loss['huber_delta']}" if "huber_delta" in loss else ""
         )
+        variant = result["run"].removeprefix("si64_baseline_").rsplit("_", 1)[0]
         lines.append(
-            f"| {json.dumps(baseline)} | {function} | {result['steps']:,} "
-            f"| {result['train_cpu_s'] / 60:.1f} "
+            f"| {variant} | {json.dumps(baseline)} | {function} "
+            f"| {result.get('points_per_frame', 200)} | {result.get('allocator', 'glibc')} "
+            f"| {result['steps']:,} | {result['train_cpu_s'] / 60:.1f} "
             f"| {test['mae']:.3e} | {test['nmae']:.3f} | {test['r2']:.6f} "
             f"| {test['electrons_predicted']:.2f} |"
         )

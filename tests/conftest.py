@@ -162,6 +162,7 @@ def spin_models(tmp_path_factory: pytest.TempPathFactory) -> SpinModels:
         config = small_model_input(seed=1)
         config["model"]["type_map"] = ["N", "O", "X"]
         config["model"]["descriptor"]["sel"] = [32, 32, 0]  # ~22 of each within 5 Å
+        config["model"]["descriptor"]["exclude_types"] = [[0, 0], [0, 1], [1, 1]]
         models[component] = train_and_freeze(folder, config)
     return SpinModels(models["total"], models["magnetization"])
 

@@ -1,0 +1,149 @@
+"""Cost of a training step of the Si64 density model: allocator, real-atom work, network size.
+
+Issue 15, lever 3: a cheaper step is more steps in the same CPU hour. Each variant trains
+``input_templates/si.json`` (with the fixed baseline of ``docs/baseline.md``) for ``--steps``
+steps on 1e5 random points of one Si64 structure, one thread, and reports DeePMD-kit's
+average time per step (its log line "average training time", which leaves out the first
+``disp_freq`` steps, so start-up is not in it), the user + system CPU seconds of the whole
+``dp train`` (start-up included) and the time per grid point of a step. Variants change the
+memory allocator (``LD_PRELOAD`` of jemalloc or tcmalloc), the grid points per frame of the
+conversion, the descriptor (``exclude_types`` of the real-real pair, which skips the embedding
+of real atoms' neighbours, whose outputs the density never uses) or the network sizes.
+
+Runs work in ``benchmarks/runs/step_cost/<variant>/`` (not committed) and append their figures
+to ``benchmarks/runs/step_cost/results.jsonl``; ``--table`` prints the Markdown table of
+``docs/baseline.md`` from it (the mean of the repeats of each variant).
+
+Usage::
+
+    nice -n 10 python benchmarks/step_cost.py --variants template exclude_real \
+        --allocators glibc jemalloc tcmalloc --repeats 2
+    python benchmarks/step_cost.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from accuracy import (
+    ALLOCATORS,
+    RUNS,
+    SI64,
+    Run,
+    density_file,
+    execute,
+    tool,
+    training_input,
+)
+from baseline_ablation import FAST, FIXED8, OLD_TEMPLATE
+
+FOLDER = RUNS / "step_cost"
+
+BASE = OLD_TEMPLATE + FIXED8
+"""The runs of docs/baseline.md: the template at start_lr 3e-3 with the fixed baseline."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A way to train the same model: template changes and grid points per frame."""
+
+    settings: tuple[tuple[str, object], ...] = ()
+    points_per_frame: int = 200
+
+
+VARIANTS = {
+    "template": Variant(),
+    "exclude_real": Variant(FAST),
+    "exclude_real_100": Variant(FAST, points_per_frame=100),
+    "exclude_real_1000": Variant(FAST, points_per_frame=1000),
+    "exclude_real_axis8": Variant((*FAST, ("model.descriptor.axis_neuron", 8))),
+    "exclude_real_fit120": Variant((*FAST, ("model.fitting_net.neuron", [120] * 3))),
+    "exclude_real_embed16": Variant((*FAST, ("model.descriptor.neuron", [16, 32, 64]))),
+}
+
+
+def measure(name: str, allocator: str, steps: int) -> dict:
+    """Train one variant for ``steps`` steps with an allocator; return its costs."""
+    variant = VARIANTS[name]
+    folder = FOLDER / name
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "log.txt"
+    log.unlink(missing_ok=True)
+    if not (folder / "data").exists():
+        convert = [tool("dpcharge"), "convert", str(density_file("si64", 1)), "-o", "data"]
+        convert += ["--type-map", "Si", "--points", "100000", "-q"]
+        convert += ["--points-per-frame", str(variant.points_per_frame)]
+        execute(convert, folder, 1, log)
+    run = Run(name, "step_cost", SI64, (1,), 10**5, BASE + variant.settings, steps)
+    config = training_input(run, steps)
+    config["training"]["disp_freq"] = steps // 4
+    (folder / "input.json").write_text(json.dumps(config, indent=2))
+    command = [tool("dp"), "--tf", "train", "input.json", "--skip-neighbor-stat"]
+    wall, cpu = execute(command, folder, 1, log, allocator=allocator)
+    average = re.search(r"average training time: ([0-9.]+) s/batch", log.read_text())
+    step = float(average.group(1))
+    return {
+        "variant": name,
+        "allocator": allocator,
+        "steps": steps,
+        "points_per_frame": variant.points_per_frame,
+        "step_s": step,
+        "point_us": 1e6 * step / variant.points_per_frame,
+        "train_wall_s": round(wall, 1),
+        "train_cpu_s": round(cpu, 1),
+    }
+
+
+def table(path: Path) -> str:
+    """Return the Markdown table of the measured variants (means over repeats)."""
+    rows: dict[tuple[str, str], list[dict]] = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        rows.setdefault((record["variant"], record["allocator"]), []).append(record)
+    lines = [
+        "| variant | allocator | points per frame | repeats | s per step | µs per point-step "
+        "| CPU s of dp train | wall s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (name, allocator), records in rows.items():
+
+        def mean(key: str, records: list[dict] = records) -> float:
+            return sum(r[key] for r in records) / len(records)
+
+        lines.append(
+            f"| {name} | {allocator} | {records[0]['points_per_frame']} | {len(records)} "
+            f"| {mean('step_s'):.4f} | {mean('point_us'):.0f} | {mean('train_cpu_s'):.0f} "
+            f"| {mean('train_wall_s'):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=[])
+    parser.add_argument("--allocators", nargs="+", choices=sorted(ALLOCATORS), default=["glibc"])
+    parser.add_argument("--steps", type=int, default=1500, help="training steps per variant")
+    parser.add_argument("--repeats", type=int, default=1, help="measurements of each variant")
+    parser.add_argument("--table", action="store_true", help="print the results table")
+    args = parser.parse_args(argv)
+    results = FOLDER / "results.jsonl"
+    FOLDER.mkdir(parents=True, exist_ok=True)
+    for _ in range(args.repeats):
+        for name, allocator in itertools.product(args.variants, args.allocators):
+            record = measure(name, allocator, args.steps)
+            with results.open("a") as stream:
+                stream.write(json.dumps(record) + "\n")
+            print(json.dumps(record), flush=True)
+    if args.table:
+        print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
