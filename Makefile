@@ -1,5 +1,6 @@
 # dpcharge: `make demo` runs the example end to end, `make test` runs the test suite,
-# `make benchmarks` computes the DFT densities and runs the accuracy benchmarks (hours).
+# `make benchmarks` computes the DFT densities and runs the accuracy benchmarks (hours): the
+# paper's experiments, then issue 15's cost per step, ablations and 60-CPU-minute table.
 # Both create the virtual environment .venv (with `python3 -m venv`) if it is missing.
 
 VENV ?= .venv
@@ -27,6 +28,9 @@ benchmarks: $(VENV)/.installed
 	$(PYTHON) benchmarks/data/make_densities.py --systems si216 almg108 water64
 	$(PYTHON) benchmarks/accuracy.py --steps $(STEPS) --jobs $(JOBS)
 	$(PYTHON) benchmarks/accuracy.py --report
+	$(PYTHON) benchmarks/step_cost.py --variants template exclude_real --allocators glibc tcmalloc --table
+	$(PYTHON) benchmarks/baseline_ablation.py --runs overhead screen budget loss optimiser width --table
+	$(PYTHON) benchmarks/budget.py --jobs $(JOBS) --table
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

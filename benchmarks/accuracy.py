@@ -2,7 +2,8 @@
 
 Every run is the user's workflow, each step a subprocess: ``dpcharge convert`` of the training
 densities, ``dp --tf train`` on a template of ``input_templates/`` (steps, the paper's learning
-rate 1e-3 decaying to 1e-5 over the run and, where the system needs it, ``sel`` overridden),
+rate 1e-3 decaying to 1e-5 over the run, its mse loss without baseline and, where the system
+needs it, ``sel`` overridden),
 ``dp --tf freeze``, then ``dpcharge test --json --plots`` on the
 whole grid of an unseen structure and, for size transfer, of a larger cell. Experiments:
 
@@ -219,8 +220,12 @@ def training_input(run: Run, steps: int) -> dict:
     model["type_map"] = [*run.system.type_map, "X"]
     if run.system.sel is not None:
         model["descriptor"]["sel"] = [*run.system.sel, 0]
-    # every run starts from the paper's rate, whatever the templates say; tuning runs change it
+    # every run starts from the paper's protocol, whatever the templates say: its rate and loss,
+    # no baseline, the embedding of every pair computed; a run's settings change these
     config["learning_rate"].update(start_lr=1e-3, stop_lr=1e-5, decay_steps=max(steps // 20, 1))
+    config["loss"] = {"type": "density"}
+    model["fitting_net"].pop("baseline", None)
+    model["descriptor"].pop("exclude_types", None)
     training = config["training"]
     training.pop("validation_data", None)
     training["training_data"]["systems"] = "data"

@@ -10,8 +10,8 @@ won the ablations. Runs work in ``benchmarks/runs/<run>/`` and write
 
 Usage::
 
-    nice -n 10 python benchmarks/budget.py --runs si64us_template si64_new --jobs 2
-    python benchmarks/budget.py --table
+    nice -n 10 python benchmarks/budget.py --jobs 2 --table     # every run, then the table
+    python benchmarks/budget.py --runs --table                  # only the table
 """
 
 from __future__ import annotations
@@ -27,12 +27,26 @@ from baseline_ablation import OLD_TEMPLATE
 
 BUDGET_RESULTS = RESULTS / "budget"
 
+NEW = (
+    ("learning_rate.start_lr", 1e-2),
+    ("model.descriptor.exclude_types", [[0, 0]]),
+    ("model.fitting_net.baseline", {"basis": 8}),
+    ("loss", {"type": "density", "function": "mae"}),
+)
+"""What won the Si64 ablations (``baseline_ablation.py``), for one-element systems."""
+TCMALLOC = "tcmalloc"
+SI64US = SYSTEMS["si64us"]
+
 RUNS = {
     run.name: run
     for run in (
-        # 0.046-0.048 s per step with glibc (step_cost.py): 60,000 steps fill ~50 CPU minutes
-        Run("si64us_template", "budget", SYSTEMS["si64us"], (1,), 10**5, OLD_TEMPLATE, 60_000),
+        # 0.039-0.050 s per step with glibc (step_cost.py, beside another training): 60,000
+        # steps take 37-50 CPU minutes
+        Run("si64us_template", "budget", SI64US, (1,), 10**5, OLD_TEMPLATE, 60_000),
         Run("si64_template", "budget", SI64, (1,), 10**5, OLD_TEMPLATE, 60_000),
+        # 0.036 s per step with tcmalloc (fast_mae_lr1e-2 of the ablation): 90,000 steps ~54 min
+        Run("si64_new", "budget", SI64, (1,), 10**5, NEW, 90_000, allocator=TCMALLOC),
+        Run("si64us_new", "budget", SI64US, (1,), 10**5, NEW, 90_000, allocator=TCMALLOC),
     )
 }
 
@@ -61,7 +75,7 @@ def table() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", choices=list(RUNS), nargs="+", default=[])
+    parser.add_argument("--runs", choices=list(RUNS), nargs="*", default=list(RUNS))
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once, one thread each")
     parser.add_argument("--table", action="store_true", help="print the results table")
     args = parser.parse_args(argv)

@@ -250,7 +250,8 @@ def test_reassemble_cube_round_trip_read_by_ase_and_pymatgen(frozen_model, tmp_p
     atoms = read_density(SI8)[0]
     expected = DeepDensity(frozen_model).predict_grid(atoms, (12, 10, 8))
     data, cube_atoms = read_cube_data(str(out))
-    np.testing.assert_allclose(data / Bohr**3, expected, rtol=1e-5)
+    # cube files keep 6 digits; the float32 model another chunking's round-off
+    np.testing.assert_allclose(data / Bohr**3, expected, rtol=1e-5, atol=1e-6 * expected.max())
     np.testing.assert_allclose(cube_atoms.cell.array, atoms.cell.array, atol=1e-5)
     assert VolumetricData.from_cube(str(out)).data["total"].shape == (12, 10, 8)
 
@@ -304,8 +305,10 @@ def test_dpcharge_test_prints_writes_json_and_figures(frozen_model, tmp_path):
     assert sorted(report["files"]) == ["000_data_CHGCAR_Si8_qe", "001_data_CHGCAR_Si8_qe"]
     first = report["files"]["000_data_CHGCAR_Si8_qe"]
     assert first["path"] == str(SI8)
-    assert first["mae"] == pytest.approx(expected.mae, rel=1e-12)
-    assert first["r2"] == pytest.approx(expected.r2, rel=1e-12)
+    # two evaluations of a float32 model in two processes (TensorFlow's threads may sum in
+    # another order): equal to float32 round-off, averaged over the grid
+    assert first["mae"] == pytest.approx(expected.mae, rel=1e-6)
+    assert first["r2"] == pytest.approx(expected.r2, rel=1e-9)
     assert first["electrons_reference"] == pytest.approx(32, abs=1e-3)
     assert report["overall"]["points"] == 2 * 36**3
     assert report["overall"]["electrons_reference"] == pytest.approx(64, abs=1e-3)
@@ -344,7 +347,7 @@ def test_reassemble_predicts_each_chosen_frame_into_its_own_file(
         data, cube_atoms = read_cube_data(str(tmp_path / f"rho_{number}.cube"))
         np.testing.assert_allclose(cube_atoms.positions, atoms.positions, atol=1e-5)
         expected = model.predict_grid(atoms, (8, 8, 8))
-        np.testing.assert_allclose(data / Bohr**3, expected, rtol=1e-5)
+        np.testing.assert_allclose(data / Bohr**3, expected, rtol=1e-5, atol=1e-6 * expected.max())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["md.extxyz", "rho_0.cube", "rho_1.cube"]
 
 

@@ -555,6 +555,7 @@ def test_baseline_beyond_the_descriptor_or_without_a_type_grouped_list_is_refuse
 
 def test_baseline_options_have_defaults_and_old_inputs_have_no_baseline():
     config = template("si.json")
+    del config["model"]["fitting_net"]["baseline"]  # an input from before the option
     assert "baseline" not in normalize(config)["model"]["fitting_net"]
     config["model"]["fitting_net"]["baseline"] = {"trainable": True}
     options = normalize(config)["model"]["fitting_net"]["baseline"]
