@@ -1,11 +1,13 @@
-"""Ablation of the atomic-density baseline and of the loss function on crystalline Si64.
+"""Ablation on crystalline Si64: the atomic-density baseline, the loss, the rate, the widths.
 
 Each run is `accuracy.py`'s workflow (``dpcharge convert`` of 1e5 random points of one Si64
 structure, ``dp --tf train`` of ``input_templates/si.json`` with start_lr 3e-3 decaying to 1e-5
 over the run, ``dp --tf freeze``, ``dpcharge test`` on every grid point of the unseen structure
 seed 6), with ``model.fitting_net.baseline`` absent, fixed at its least-squares fit, or trained
 with the network, and (group ``loss``) with the baseline fixed and the loss ``mae`` or
-``huber`` (delta 0.003 e/Å^3, about the MAE of such runs) in place of ``mse``. The run without
+``huber`` (delta 0.003 e/Å^3, about the MAE of such runs) in place of ``mse``; groups
+``optimiser`` and ``width`` add to the fixed baseline and mae the real-real pairs excluded and
+tcmalloc (``fast``), then a higher start rate or a narrower network. The run without
 baseline at 10,000 steps is the same command as
 ``benchmarks/results/si64_1x_100000_lr3e-03.json`` (same data bytes, seeds and settings). One
 thread per run; training CPU seconds are the user + system time of ``dp train``. Runs work in

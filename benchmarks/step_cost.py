@@ -12,7 +12,7 @@ of real atoms' neighbours, whose outputs the density never uses) or the network 
 
 Runs work in ``benchmarks/runs/step_cost/<variant>/`` (not committed) and append their figures
 to ``benchmarks/runs/step_cost/results.jsonl``; ``--table`` prints the Markdown table of
-``docs/baseline.md`` from it (the mean of the repeats of each variant).
+``docs/benchmarks.md`` (section 5) from it (the mean of the repeats of each variant).
 
 Usage::
 
@@ -28,7 +28,6 @@ import itertools
 import json
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from accuracy import (
@@ -41,7 +40,7 @@ from accuracy import (
     tool,
     training_input,
 )
-from baseline_ablation import FAST, FIXED8, OLD_TEMPLATE
+from baseline_ablation import FAST, FIXED8, OLD_TEMPLATE, Variant
 
 FOLDER = RUNS / "step_cost"
 
@@ -49,16 +48,8 @@ BASE = OLD_TEMPLATE + FIXED8
 """The runs of docs/baseline.md: the template at start_lr 3e-3 with the fixed baseline."""
 
 
-@dataclass(frozen=True)
-class Variant:
-    """A way to train the same model: template changes and grid points per frame."""
-
-    settings: tuple[tuple[str, object], ...] = ()
-    points_per_frame: int = 200
-
-
-VARIANTS = {
-    "template": Variant(),
+VARIANTS = {  # the allocator is chosen apart (--allocators): Variant.allocator is not used
+    "template": Variant(()),
     "exclude_real": Variant(FAST),
     "exclude_real_100": Variant(FAST, points_per_frame=100),
     "exclude_real_1000": Variant(FAST, points_per_frame=1000),

@@ -250,7 +250,7 @@ def test_reassemble_cube_round_trip_read_by_ase_and_pymatgen(frozen_model, tmp_p
     atoms = read_density(SI8)[0]
     expected = DeepDensity(frozen_model).predict_grid(atoms, (12, 10, 8))
     data, cube_atoms = read_cube_data(str(out))
-    # cube files keep 6 digits; the float32 model another chunking's round-off
+    # cube files keep 6 digits, and the float32 model sums in another order in other chunks
     np.testing.assert_allclose(data / Bohr**3, expected, rtol=1e-5, atol=1e-6 * expected.max())
     np.testing.assert_allclose(cube_atoms.cell.array, atoms.cell.array, atol=1e-5)
     assert VolumetricData.from_cube(str(out)).data["total"].shape == (12, 10, 8)
