@@ -238,7 +238,10 @@ def training_input(run: Run, steps: int) -> dict:
         section = config
         for parent in parents:
             section = section[parent]
-        section[leaf] = value
+        if value is None:  # a setting of None removes the key
+            section.pop(leaf, None)
+        else:
+            section[leaf] = value
     return config
 
 

@@ -54,6 +54,10 @@ FAST = (("model.descriptor.exclude_types", [[0, 0]]),)
 """No embedding of real atoms' neighbours (step_cost.py): same model at grid points, cheaper."""
 
 
+RATE = {"start_lr": 1e-2, "stop_lr": 1e-5}
+"""The rate range of ``fast_mae_lr1e-2``, for the schedules that replace its exponential decay."""
+
+
 @dataclass(frozen=True)
 class Variant:
     """Changes to the template: settings, grid points per frame, allocator of ``dp train``."""
@@ -87,6 +91,20 @@ VARIANTS = {
     "fast_mae_fit120": Variant(
         (*FIXED8, *FAST, *MAE, ("model.fitting_net.neuron", [120, 120, 120])), allocator="tcmalloc"
     ),
+    # the whole schedule replaced: no decay_steps, the rate follows a curve over the run
+    "fast_mae_cosine": Variant(
+        (*FIXED8, *FAST, *MAE, ("learning_rate", {"type": "cosine", **RATE})),
+        allocator="tcmalloc",
+    ),
+    "fast_mae_wsd": Variant(
+        (
+            *FIXED8,
+            *FAST,
+            *MAE,
+            ("learning_rate", {"type": "wsd", **RATE, "decay_phase_ratio": 0.3}),
+        ),
+        allocator="tcmalloc",
+    ),
 }
 """Variants: baseline (absent: none), loss (default mse), descriptor, rate, batch, allocator."""
 
@@ -99,6 +117,8 @@ GROUPS = {
     # axis_neuron 8 and a 120-wide fitting net: 21 % and 16 % cheaper steps (step_cost.py),
     # so 25,000 steps cost what 20,000 do
     "width": [("fast_mae_axis8", 25_000), ("fast_mae_fit120", 25_000)],
+    # against fast_mae_lr1e-2 (exponential decay from the same start rate)
+    "schedule": [("fast_mae_cosine", 20_000), ("fast_mae_wsd", 20_000)],
 }
 """Runs of each group: (variant, steps)."""
 

@@ -4,9 +4,10 @@ Every run is ``accuracy.py``'s workflow (``dpcharge convert`` of 1e5 random poin
 structure, ``dp --tf train``, ``dp --tf freeze``, ``dpcharge test`` on every grid point of the
 unseen structure) with as many steps as the measured cost of a step lets into 60 CPU minutes
 (``docs/baseline.md``, ``benchmarks/step_cost.py``). ``template`` runs are the templates as
-they were before issue 15 (start_lr 3e-3, glibc's malloc); ``new`` runs use the levers that
-won the ablations. Runs work in ``benchmarks/runs/<run>/`` and write
-``benchmarks/results/budget/<run>.json``; ``--table`` prints the table of ``docs/benchmarks.md``.
+they were before issue 15 (start_lr 3e-3, glibc's malloc); ``exp`` and ``cosine`` runs use the
+levers that won the ablations, with the rate decaying exponentially or on a cosine. Runs work
+in ``benchmarks/runs/<run>/`` and write ``benchmarks/results/budget/<run>.json``; ``--table``
+prints the table of ``docs/benchmarks.md``.
 
 Usage::
 
@@ -22,14 +23,30 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import accuracy
-from accuracy import RESULTS, SI64, SYSTEMS, Run, perform
+from accuracy import RESULTS, SI64, SYSTEMS, Run, System, perform
 from baseline_ablation import OLD_TEMPLATE, VARIANTS
 
 BUDGET_RESULTS = RESULTS / "budget"
 
-NEW = VARIANTS["fast_mae_lr1e-2"]
-"""What won the Si64 ablations (``baseline_ablation.py``), for one-element systems."""
+SCHEDULES = {"exp": VARIANTS["fast_mae_lr1e-2"], "cosine": VARIANTS["fast_mae_cosine"]}
+"""What won the Si64 ablations (``baseline_ablation.py``: the fixed baseline, mae, real pairs
+excluded, tcmalloc, start_lr 1e-2), with the rate decaying exponentially or on a cosine."""
 SI64US = SYSTEMS["si64us"]
+
+
+def new_run(system: System, schedule: str, steps: int = 90_000) -> Run:
+    """Return the run ``<system>_<schedule>``: one structure, every real-real pair excluded.
+
+    90,000 steps took 48 CPU minutes on Si64 (0.032 s each with tcmalloc); a step costs
+    15-30 % more with two elements or ``sel`` 80.
+    """
+    variant = SCHEDULES[schedule]
+    elements = range(len(system.type_map))
+    pairs = [[i, j] for i in elements for j in elements if i <= j]
+    settings = (*variant.settings, ("model.descriptor.exclude_types", pairs))
+    name = f"{system.name}_{schedule}"
+    return Run(name, "budget", system, (1,), 10**5, settings, steps, allocator=variant.allocator)
+
 
 RUNS = {
     run.name: run
@@ -38,17 +55,11 @@ RUNS = {
         # steps take 37-50 CPU minutes
         Run("si64us_template", "budget", SI64US, (1,), 10**5, OLD_TEMPLATE, 60_000),
         Run("si64_template", "budget", SI64, (1,), 10**5, OLD_TEMPLATE, 60_000),
-        # 0.036 s per step with tcmalloc in the ablation: 90,000 steps ~54 min (they took 48)
-        Run("si64_new", "budget", SI64, (1,), 10**5, NEW.settings, 90_000, allocator=NEW.allocator),
-        Run(
-            "si64us_new",
-            "budget",
-            SI64US,
-            (1,),
-            10**5,
-            NEW.settings,
-            90_000,
-            allocator=NEW.allocator,
+        new_run(SI64, "exp"),
+        new_run(SI64US, "exp"),
+        *(
+            new_run(SYSTEMS[name], "cosine")
+            for name in ("si64", "si64us", "almg32", "asi64", "alslab", "water32")
         ),
     )
 }

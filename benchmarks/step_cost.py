@@ -48,6 +48,43 @@ BASE = OLD_TEMPLATE + FIXED8
 """The runs of docs/baseline.md: the template at start_lr 3e-3 with the fixed baseline."""
 
 
+SE_E2_A = {
+    "type": "se_e2_a",
+    "sel": [72, 0],
+    "rcut": 6.5,
+    "rcut_smth": 0.0,
+    "neuron": [20, 40, 80],
+    "axis_neuron": 16,
+    "precision": "float32",
+    "seed": 1,
+}
+"""The template's descriptor (``input_templates/si.json``)."""
+SE_E3 = {
+    "type": "se_e3",
+    "sel": [24, 0],
+    "rcut": 4.0,
+    "rcut_smth": 0.0,
+    "neuron": [2, 4, 8],
+    "precision": "float32",
+    "seed": 1,
+}
+SE_ATTEN = {
+    "type": "se_atten",
+    # one neighbour list for all types, cut to the nearest `sel` BEFORE the excluded pairs are
+    # masked: the ~180 other grid points of a 200-point frame within 6.5 Å take slots too, so
+    # `sel` must cover them and the ~58 Si atoms
+    "sel": 280,
+    "rcut": 6.5,
+    "rcut_smth": 0.0,
+    "neuron": [20, 40, 80],
+    "axis_neuron": 16,
+    "attn": 64,
+    "attn_layer": 2,
+    "exclude_types": [[0, 0], [1, 1]],
+    "precision": "float32",
+    "seed": 1,
+}
+
 VARIANTS = {  # the allocator is chosen apart (--allocators): Variant.allocator is not used
     "template": Variant(()),
     "exclude_real": Variant(FAST),
@@ -56,6 +93,19 @@ VARIANTS = {  # the allocator is chosen apart (--allocators): Variant.allocator 
     "exclude_real_axis8": Variant((*FAST, ("model.descriptor.axis_neuron", 8))),
     "exclude_real_fit120": Variant((*FAST, ("model.fitting_net.neuron", [120] * 3))),
     "exclude_real_embed16": Variant((*FAST, ("model.descriptor.neuron", [16, 32, 64]))),
+    # descriptors that see angles explicitly (lever 5), without the baseline, which needs
+    # se_e2_a's neighbour list: se_e3 (pairs of neighbours within 4 Å, ~13 per Si64 grid
+    # point) beside the template's se_e2_a, and se_atten (DPA-1: two attention layers)
+    "hybrid_se_e3": Variant(
+        (
+            ("model.fitting_net.baseline", None),
+            (
+                "model.descriptor",
+                {"type": "hybrid", "list": [{**SE_E2_A, "exclude_types": [[0, 0]]}, SE_E3]},
+            ),
+        )
+    ),
+    "se_atten": Variant((("model.fitting_net.baseline", None), ("model.descriptor", SE_ATTEN))),
 }
 
 
