@@ -52,6 +52,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dpcharge.conventions import MALLOC_KEEP_BYTES
+
 ROOT = Path(__file__).resolve().parents[1]
 DENSITIES = ROOT / "benchmarks" / "data" / "densities"
 RUNS = ROOT / "benchmarks" / "runs"
@@ -112,10 +114,20 @@ SYSTEMS = {
         ),
     )
 }
-ALLOCATORS = {"glibc": None, "jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}
-"""Memory allocators for ``dp train``: the library preloaded (None: glibc's malloc); the
-dynamic linker finds it in the system's library path (Debian: libjemalloc2,
-libtcmalloc-minimal4)."""
+GLIBC_KEEPS_MEMORY = ":".join(
+    f"glibc.malloc.{name}_threshold={MALLOC_KEEP_BYTES}" for name in ("trim", "mmap")
+)
+"""glibc's malloc told what ``dpcharge`` tells it (``conventions.MALLOC_KEEP_BYTES``): keep freed
+memory instead of returning TensorFlow's buffers to the kernel at every step."""
+ALLOCATORS = {
+    "glibc": {},
+    "glibc_tuned": {"GLIBC_TUNABLES": GLIBC_KEEPS_MEMORY},
+    "jemalloc": {"LD_PRELOAD": "libjemalloc.so.2"},
+    "tcmalloc": {"LD_PRELOAD": "libtcmalloc_minimal.so.4"},
+}
+"""Memory allocators for ``dp train``, as environment variables: glibc's malloc (tuned or not),
+or a library preloaded, which the dynamic linker finds in the system's library path (Debian:
+libjemalloc2, libtcmalloc-minimal4)."""
 LARGE_SEED = 1001
 """Seed of the larger cells in ``make_densities.py``."""
 
@@ -144,6 +156,10 @@ class Run:
         Grid points per training frame (``dpcharge convert --points-per-frame``).
     allocator
         Memory allocator of ``dp train``, a key of ``ALLOCATORS``.
+    files
+        Training densities in place of the system's ``train_seeds`` (other systems too).
+    convert_options
+        More options of ``dpcharge convert`` (``--select-by`` models, for example).
     """
 
     name: str
@@ -155,9 +171,13 @@ class Run:
     steps: int | None = None
     points_per_frame: int = 200
     allocator: str = "glibc"
+    files: tuple[Path, ...] = ()
+    convert_options: tuple[str, ...] = ()
 
     @property
     def train_files(self) -> list[Path]:
+        if self.files:
+            return list(self.files)
         return [density_file(self.system.name, seed) for seed in self.train_seeds]
 
     @property
@@ -250,15 +270,13 @@ def execute(
 ) -> tuple[float, float]:
     """Run a command, appending its output to ``log``; return wall and CPU seconds.
 
-    ``allocator`` (a key of ``ALLOCATORS``) is preloaded into the command.
+    ``allocator`` (a key of ``ALLOCATORS``) sets the command's memory allocator.
     """
-    env = dict(os.environ)
-    library = ALLOCATORS[allocator]
-    if library is not None:
-        # the dynamic linker ignores a missing preload with a warning: refuse it here instead
-        if ctypes.util.find_library(library.removeprefix("lib").split(".so")[0]) is None:
-            raise RuntimeError(f"{library} is not installed (allocator {allocator})")
-        env["LD_PRELOAD"] = library
+    env = dict(os.environ) | ALLOCATORS[allocator]
+    library = ALLOCATORS[allocator].get("LD_PRELOAD")
+    # the dynamic linker ignores a missing preload with a warning: refuse it here instead
+    if library and ctypes.util.find_library(library.removeprefix("lib").split(".so")[0]) is None:
+        raise RuntimeError(f"{library} is not installed (allocator {allocator})")
     env.update(
         OMP_NUM_THREADS=str(threads),
         DP_INTRA_OP_PARALLELISM_THREADS=str(threads),
@@ -300,10 +318,10 @@ def perform(run: Run, steps: int, threads: int) -> str:
         shutil.rmtree(folder / "data", ignore_errors=True)
         (folder / "model.pb").unlink(missing_ok=True)
     if not (folder / "model.pb").exists():
-        per_file = run.points // len(run.train_seeds)
+        per_file = run.points // len(run.train_files)
         convert = [tool("dpcharge"), "convert", *map(str, run.train_files), "-o", "data"]
         convert += ["--type-map", *run.system.type_map, "--points", str(per_file), "--force", "-q"]
-        convert += ["--points-per-frame", str(run.points_per_frame)]
+        convert += ["--points-per-frame", str(run.points_per_frame), *run.convert_options]
         execute(convert, folder, threads, log)
         (folder / "input.json").write_text(json.dumps(training_input(run, steps), indent=2))
         wall, cpu = execute(

@@ -6,9 +6,10 @@ steps on 1e5 random points of one Si64 structure, one thread, and reports DeePMD
 average time per step (its log line "average training time", which leaves out the first
 ``disp_freq`` steps, so start-up is not in it), the user + system CPU seconds of the whole
 ``dp train`` (start-up included) and the time per grid point of a step. Variants change the
-memory allocator (``LD_PRELOAD`` of jemalloc or tcmalloc), the grid points per frame of the
-conversion, the descriptor (``exclude_types`` of the real-real pair, which skips the embedding
-of real atoms' neighbours, whose outputs the density never uses) or the network sizes.
+memory allocator (``LD_PRELOAD`` of jemalloc or tcmalloc, or glibc's malloc told to keep freed
+memory), the grid points per frame of the conversion, the descriptor (``exclude_types`` of the
+real-real pair, which skips the embedding of real atoms' neighbours, whose outputs the density
+never uses; se_e3 beside se_e2_a; se_atten) or the network sizes.
 
 Runs work in ``benchmarks/runs/step_cost/<variant>/`` (not committed) and append their figures
 to ``benchmarks/runs/step_cost/results.jsonl``; ``--table`` prints the Markdown table of

@@ -48,6 +48,11 @@ RANKING_SPACING = 0.5
 MIN_DISTANCE = 0.01
 """Closest a grid point may sit to a nucleus, in Å: at zero distance the descriptor is NaN."""
 
+MALLOC_KEEP_BYTES = 1 << 30
+"""glibc's malloc: blocks below this size come from its heap, and this much freed memory stays
+there (its mmap and trim thresholds), instead of TensorFlow's buffers of every chunk and step
+being returned to the kernel and faulted in again."""
+
 
 @dataclass(frozen=True)
 class TypeMap:
