@@ -115,7 +115,8 @@ SYSTEMS = {
     )
 }
 GLIBC_KEEPS_MEMORY = ":".join(
-    f"glibc.malloc.{name}_threshold={MALLOC_KEEP_BYTES}" for name in ("trim", "mmap")
+    [f"glibc.malloc.{name}_threshold={MALLOC_KEEP_BYTES}" for name in ("trim", "mmap")]
+    + ["glibc.malloc.arena_max=1"]
 )
 """glibc's malloc told what ``dpcharge`` tells it (``conventions.MALLOC_KEEP_BYTES``): keep freed
 memory instead of returning TensorFlow's buffers to the kernel at every step."""
