@@ -1,6 +1,7 @@
 # dpcharge: `make demo` runs the example end to end, `make test` runs the test suite,
 # `make benchmarks` computes the DFT densities and runs the accuracy benchmarks (hours): the
-# paper's experiments, then issue 15's cost per step, ablations and 60-CPU-minute table.
+# paper's experiments, then issue 15's cost per step, ablations and 60-CPU-minute table, then
+# issue 16's ensemble uncertainty and concurrent learning.
 # Both create the virtual environment .venv (with `python3 -m venv`) if it is missing.
 
 VENV ?= .venv
@@ -29,8 +30,10 @@ benchmarks: $(VENV)/.installed
 	$(PYTHON) benchmarks/accuracy.py --steps $(STEPS) --jobs $(JOBS)
 	$(PYTHON) benchmarks/accuracy.py --report
 	$(PYTHON) benchmarks/step_cost.py --variants template exclude_real --allocators glibc tcmalloc --table
-	$(PYTHON) benchmarks/baseline_ablation.py --runs overhead screen budget loss optimiser width --table
+	$(PYTHON) benchmarks/step_cost.py --variants exclude_real --allocators glibc glibc_tuned tcmalloc --steps 800
+	$(PYTHON) benchmarks/baseline_ablation.py --runs overhead screen budget loss optimiser width schedule --table
 	$(PYTHON) benchmarks/budget.py --jobs $(JOBS) --table
+	$(PYTHON) benchmarks/uncertainty.py --experiments ranking points structures --jobs $(JOBS) --table
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

@@ -55,6 +55,18 @@ RUNS = {
         # steps take 37-50 CPU minutes
         Run("si64us_template", "budget", SI64US, (1,), 10**5, OLD_TEMPLATE, 60_000),
         Run("si64_template", "budget", SI64, (1,), 10**5, OLD_TEMPLATE, 60_000),
+        # the Al slab's only runs were 10,000 steps: the old settings at the full budget, with
+        # tcmalloc (a 216-atom frame of a 16-atom slab: ~20 ms a step)
+        Run(
+            "alslab_template",
+            "budget",
+            SYSTEMS["alslab"],
+            (1,),
+            10**5,
+            OLD_TEMPLATE,
+            100_000,
+            allocator="tcmalloc",
+        ),
         new_run(SI64, "exp"),
         new_run(SI64US, "exp"),
         *(

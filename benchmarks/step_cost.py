@@ -9,7 +9,7 @@ average time per step (its log line "average training time", which leaves out th
 memory allocator (``LD_PRELOAD`` of jemalloc or tcmalloc, or glibc's malloc told to keep freed
 memory), the grid points per frame of the conversion, the descriptor (``exclude_types`` of the
 real-real pair, which skips the embedding of real atoms' neighbours, whose outputs the density
-never uses; se_e3 beside se_e2_a; se_atten) or the network sizes.
+never uses; se_atten) or the network sizes.
 
 Runs work in ``benchmarks/runs/step_cost/<variant>/`` (not committed) and append their figures
 to ``benchmarks/runs/step_cost/results.jsonl``; ``--table`` prints the Markdown table of
@@ -49,26 +49,6 @@ BASE = OLD_TEMPLATE + FIXED8
 """The runs of docs/baseline.md: the template at start_lr 3e-3 with the fixed baseline."""
 
 
-SE_E2_A = {
-    "type": "se_e2_a",
-    "sel": [72, 0],
-    "rcut": 6.5,
-    "rcut_smth": 0.0,
-    "neuron": [20, 40, 80],
-    "axis_neuron": 16,
-    "precision": "float32",
-    "seed": 1,
-}
-"""The template's descriptor (``input_templates/si.json``)."""
-SE_E3 = {
-    "type": "se_e3",
-    "sel": [24, 0],
-    "rcut": 4.0,
-    "rcut_smth": 0.0,
-    "neuron": [2, 4, 8],
-    "precision": "float32",
-    "seed": 1,
-}
 SE_ATTEN = {
     "type": "se_atten",
     # one neighbour list for all types, cut to the nearest `sel` BEFORE the excluded pairs are
@@ -94,18 +74,9 @@ VARIANTS = {  # the allocator is chosen apart (--allocators): Variant.allocator 
     "exclude_real_axis8": Variant((*FAST, ("model.descriptor.axis_neuron", 8))),
     "exclude_real_fit120": Variant((*FAST, ("model.fitting_net.neuron", [120] * 3))),
     "exclude_real_embed16": Variant((*FAST, ("model.descriptor.neuron", [16, 32, 64]))),
-    # descriptors that see angles explicitly (lever 5), without the baseline, which needs
-    # se_e2_a's neighbour list: se_e3 (pairs of neighbours within 4 Å, ~13 per Si64 grid
-    # point) beside the template's se_e2_a, and se_atten (DPA-1: two attention layers)
-    "hybrid_se_e3": Variant(
-        (
-            ("model.fitting_net.baseline", None),
-            (
-                "model.descriptor",
-                {"type": "hybrid", "list": [{**SE_E2_A, "exclude_types": [[0, 0]]}, SE_E3]},
-            ),
-        )
-    ),
+    # a descriptor with attention among the neighbours (lever 5), without the baseline, which
+    # needs se_e2_a's neighbour list; se_e3 cannot describe grid points in the TF backend
+    # (a sel of 0 for the grid type divides by zero, and it has no exclude_types)
     "se_atten": Variant((("model.fitting_net.baseline", None), ("model.descriptor", SE_ATTEN))),
 }
 
@@ -144,22 +115,24 @@ def measure(name: str, allocator: str, steps: int) -> dict:
 
 def table(path: Path) -> str:
     """Return the Markdown table of the measured variants (means over repeats)."""
-    rows: dict[tuple[str, str], list[dict]] = {}
+    rows: dict[tuple[str, str, int], list[dict]] = {}
     for line in path.read_text().splitlines():
         record = json.loads(line)
-        rows.setdefault((record["variant"], record["allocator"]), []).append(record)
+        key = record["variant"], record["allocator"], record["steps"]
+        rows.setdefault(key, []).append(record)
     lines = [
-        "| variant | allocator | points per frame | repeats | s per step | µs per point-step "
-        "| CPU s of dp train | wall s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | allocator | steps | points per frame | repeats | s per step "
+        "| µs per point-step | CPU s of dp train | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for (name, allocator), records in rows.items():
+    for (name, allocator, steps), records in rows.items():
 
         def mean(key: str, records: list[dict] = records) -> float:
             return sum(r[key] for r in records) / len(records)
 
         lines.append(
-            f"| {name} | {allocator} | {records[0]['points_per_frame']} | {len(records)} "
+            f"| {name} | {allocator} | {steps:,} | {records[0]['points_per_frame']} "
+            f"| {len(records)} "
             f"| {mean('step_s'):.4f} | {mean('point_us'):.0f} | {mean('train_cpu_s'):.0f} "
             f"| {mean('train_wall_s'):.0f} |"
         )
