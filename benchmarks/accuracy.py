@@ -314,7 +314,10 @@ def perform(run: Run, steps: int, threads: int) -> str:
     log = folder / "log.txt"
     result_path = RESULTS / f"{run.name}.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else {}
-    if result.get("steps") != steps:
+    # a finished run counts only for the same steps and settings (results written before
+    # settings were recorded had none)
+    settings = json.loads(json.dumps(dict(run.settings)))
+    if result.get("steps") != steps or result.get("settings", {}) != settings:
         result = {}
         shutil.rmtree(folder / "data", ignore_errors=True)
         (folder / "model.pb").unlink(missing_ok=True)
@@ -337,7 +340,7 @@ def perform(run: Run, steps: int, threads: int) -> str:
         result = {
             "run": run.name,
             "experiment": run.experiment,
-            "settings": dict(run.settings),
+            "settings": settings,
             "system": run.system.name,
             "label": run.system.label,
             "paper_mae": run.system.paper_mae,

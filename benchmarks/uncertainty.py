@@ -1,6 +1,6 @@
 """Uncertainty from an ensemble (issue 16): does the models' spread find their error?
 
-Every model is ``accuracy.py``'s workflow with the settings of ``budget.py``'s cosine runs
+Every model is ``accuracy.py``'s workflow with the settings of ``budget.py``'s ``exp`` runs
 (``input_templates/si.json``'s levers, tcmalloc), ``--steps`` steps on one thread, other seeds
 for other members; the densities are the Quantum ESPRESSO Si64 sets of ``make_densities.py``.
 Three experiments, each a table of ``docs/uncertainty.md``:
@@ -41,14 +41,13 @@ from pathlib import Path
 
 import accuracy
 import numpy as np
-from accuracy import RESULTS, RUNS, SI64, SYSTEMS, Run, density_file, execute, perform, tool
+from accuracy import RESULTS, RUNS, SI64, Run, density_file, execute, perform, tool
 from budget import SCHEDULES
 
 from dpcharge.chgcar import read_structure
 
 FOLDER = RUNS / "uncertainty"
 UNCERTAINTY_RESULTS = RESULTS / "uncertainty"
-ASI64 = SYSTEMS["asi64"]
 MEMBERS = 8
 ENSEMBLES = (2, 4, 8)
 SELECTORS = 4
@@ -65,10 +64,10 @@ TESTS = {"unseen": density_file("si64", SI64.test_seed), "amorphous": density_fi
 
 
 def member(name: str, seed: int, steps: int, **fields: object) -> Run:
-    """Return one model's run: the cosine settings with ``seed`` for every random choice."""
-    cosine = SCHEDULES["cosine"]
+    """Return one model's run: ``si.json``'s settings with ``seed`` for every random choice."""
+    template = SCHEDULES["exp"]
     seeds = tuple((key, seed) for key in ("model.descriptor.seed", "model.fitting_net.seed"))
-    settings = (*cosine.settings, *seeds, ("training.seed", seed))
+    settings = (*template.settings, *seeds, ("training.seed", seed))
     fields.setdefault("points", 10**5)
     return Run(
         name,
@@ -77,9 +76,16 @@ def member(name: str, seed: int, steps: int, **fields: object) -> Run:
         (1,),
         settings=settings,
         steps=steps,
-        allocator=cosine.allocator,
+        allocator=template.allocator,
         **fields,
     )
+
+
+def members(steps: int) -> list[Run]:
+    """Return the ``ranking`` ensemble's runs, seeds 1 to ``MEMBERS``."""
+    return [
+        member(f"uncertainty_member{seed}_{steps}", seed, steps) for seed in range(1, MEMBERS + 1)
+    ]
 
 
 def model(run: Run) -> Path:
@@ -103,9 +109,7 @@ def test(models: list[Path], files: list[Path], name: str) -> dict:
 
 def ranking(steps: int, jobs: int) -> list[dict]:
     """Train the members; test the ensembles of the first 2, 4 and 8 on both test files."""
-    runs = [
-        member(f"uncertainty_member{seed}_{steps}", seed, steps) for seed in range(1, MEMBERS + 1)
-    ]
+    runs = members(steps)
     train(runs, jobs)
     rows = []
     for size in ENSEMBLES:
@@ -124,18 +128,14 @@ def points(steps: int, jobs: int) -> list[dict]:
     ]
     train(selectors, jobs)
     chosen = ("--select-by", *map(str, map(model, selectors)))
-    runs = {
-        (kind, count): member(
-            f"uncertainty_{kind}{count}_{steps}",
-            1,
-            steps,
-            points=count,
-            convert_options=chosen if kind == "selected" else (),
+    runs = {("uniform", POINTS[0]): selectors[0]}  # the same training
+    for count in POINTS[1:]:
+        name = f"uncertainty_uniform{count}_{steps}"
+        runs["uniform", count] = member(name, 1, steps, points=count)
+    for count in POINTS:
+        runs["selected", count] = member(
+            f"uncertainty_selected{count}_{steps}", 1, steps, points=count, convert_options=chosen
         )
-        for kind in ("uniform", "selected")
-        for count in POINTS
-    }
-    runs[("uniform", POINTS[0])] = selectors[0]  # the same training
     train(list(runs.values()), jobs)
     return [
         {**result(run)["tests"]["unseen"], "kind": kind, "training_points": count}
@@ -145,10 +145,7 @@ def points(steps: int, jobs: int) -> list[dict]:
 
 def structures(steps: int, jobs: int) -> list[dict]:
     """Seed 1 plus the most uncertain structures of the pool, against random ones."""
-    selectors = [
-        model(member(f"uncertainty_member{seed}_{steps}", seed, steps))
-        for seed in range(1, SELECTORS + 1)
-    ]
+    selectors = [model(run) for run in members(steps)[:SELECTORS]]
     missing = [path for path in selectors if not path.exists()]
     if missing:
         raise RuntimeError(f"run the ranking experiment first: {missing[0]} is missing")
