@@ -202,21 +202,37 @@ def result(run: Run) -> dict:
 EXPERIMENTS = {"ranking": ranking, "points": points, "structures": structures}
 
 
+def cost(runs: list[Run]) -> str:
+    """Return the training CPU minutes and one-thread test seconds summed over ``runs``."""
+    found = [result(run) for run in runs]
+    train = sum(item["train_cpu_s"] for item in found) / 60
+    predict = sum(item["tests"]["unseen"]["wall_s"] for item in found)
+    return f"{train:.0f} | {predict:.0f}"
+
+
 def table(steps: int) -> str:
-    """Return the Markdown tables of the finished experiments."""
+    """Return the Markdown tables of the finished experiments, with what each cost.
+
+    Costs are sums over the models involved: training CPU minutes, and the wall seconds of
+    ``dpcharge test`` of each model alone on the unseen Si64 grid (373,248 points, one
+    thread), which an ensemble's prediction repeats once per model.
+    """
     lines = []
     path = UNCERTAINTY_RESULTS / f"experiments_{steps}.json"
     found = json.loads(path.read_text()) if path.exists() else {}
     if "ranking" in found:
+        runs = members(steps)
         lines += [
-            "| models | test | MAE of the mean (e/Å^3) | mean deviation (e/Å^3) | Spearman |",
-            "|---|---|---|---|---|",
+            "| models | test | MAE of the mean (e/Å^3) | mean deviation (e/Å^3) | Spearman "
+            "| training (CPU min) | prediction (s) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for row in found["ranking"]:
             deviation = row["deviation"]
             lines.append(
                 f"| {row['models']} | {row['test']} | {row['mae']:.3e} "
-                f"| {deviation['mean_deviation']:.3e} | {deviation['spearman']:.3f} |"
+                f"| {deviation['mean_deviation']:.3e} | {deviation['spearman']:.3f} "
+                f"| {cost(runs[: row['models']])} |"
             )
         lines.append("")
     if "points" in found:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from scipy.ndimage import map_coordinates
 
 from dpcharge.conventions import THRESHOLDS
@@ -194,7 +195,14 @@ def calibration_figure(ranking: DeviationRanking) -> Figure:
     axes.loglog(ranking.bin_deviation, ranking.bin_error, "o-", ms=3, label="ensemble")
     low = min(min(ranking.bin_deviation), min(ranking.bin_error))
     high = max(max(ranking.bin_deviation), max(ranking.bin_error))
-    axes.plot([low, high], [low, high], color="black", lw=0.8, label="error = deviation")
+    # the same whole decades on both axes: the diagonal is the diagonal, and every axis has
+    # labelled powers of ten (matplotlib labels minor ticks on spans under a decade, which
+    # then overlap)
+    limits = 10.0 ** np.floor(np.log10(low)), 10.0 ** np.ceil(np.log10(high))
+    axes.plot(limits, limits, color="black", lw=0.8, label="error = deviation")
+    axes.set(xlim=limits, ylim=limits, aspect="equal")
+    for axis in (axes.xaxis, axes.yaxis):
+        axis.set_minor_formatter(NullFormatter())
     axes.set_xlabel("standard deviation of the models (e/Å$^3$)")
     axes.set_ylabel("mean absolute error of their mean (e/Å$^3$)")
     axes.legend(loc="lower right", fontsize=8)
