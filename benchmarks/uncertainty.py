@@ -20,7 +20,7 @@ Three experiments, each a table of ``docs/uncertainty.md``:
     DFT is held back (Si64 seeds 2-5, amorphous Si64 seeds 1-3) with ``dpcharge select``;
     a model trained on seed 1 plus the ``COUNT`` most uncertain, against seed 1 plus
     ``COUNT`` random ones (``DRAWS`` draws), 1e5 points from each structure: MAE over the rest
-    of the pool.
+    of the pool, and on its worst structure.
 
 Runs work in ``benchmarks/runs/uncertainty/`` (not committed); results go to
 ``benchmarks/results/uncertainty/``; ``--table`` prints the Markdown tables.
@@ -128,8 +128,9 @@ def points(steps: int, jobs: int) -> list[dict]:
     ]
     train(selectors, jobs)
     chosen = ("--select-by", *map(str, map(model, selectors)))
-    runs = {("uniform", POINTS[0]): selectors[0]}  # the same training
-    for count in POINTS[1:]:
+    # the same trainings: the first selector on 1e3 uniform points, the first member on 1e5
+    runs = {("uniform", POINTS[0]): selectors[0], ("uniform", POINTS[-1]): members(steps)[0]}
+    for count in POINTS[1:-1]:
         name = f"uncertainty_uniform{count}_{steps}"
         runs["uniform", count] = member(name, 1, steps, points=count)
     for count in POINTS:
@@ -181,9 +182,10 @@ def structures(steps: int, jobs: int) -> list[dict]:
     rows = []
     for kind, run in runs.items():
         rest = [path for i, path in enumerate(POOL) if i not in picks[kind]]
-        figures = test([model(run)], rest, f"structures_{kind}_{steps}")["overall"]
+        report = test([model(run)], rest, f"structures_{kind}_{steps}")
         added = [POOL[i].name.removeprefix("CHGCAR_").removesuffix(".gz") for i in picks[kind]]
-        rows.append({**figures, "kind": kind, "added": added})
+        each = {name: figures["mae"] for name, figures in report["files"].items()}
+        rows.append({**report["overall"], "kind": kind, "added": added, "each": each})
     return rows
 
 
@@ -244,9 +246,16 @@ def table(steps: int) -> str:
             )
         lines.append("")
     if "structures" in found:
-        lines += ["| added to seed 1 | structures | MAE on the rest (e/Å^3) |", "|---|---|---|"]
+        lines += [
+            "| added to seed 1 | structures | MAE on the rest (e/Å^3) | worst of the rest |",
+            "|---|---|---|---|",
+        ]
         for row in found["structures"]:
-            lines.append(f"| {row['kind']} | {', '.join(row['added'])} | {row['mae']:.3e} |")
+            name, worst = max(row["each"].items(), key=lambda item: item[1])
+            lines.append(
+                f"| {row['kind']} | {', '.join(row['added'])} | {row['mae']:.3e} "
+                f"| {worst:.3e} ({name.removeprefix('CHGCAR_')}) |"
+            )
     return "\n".join(lines)
 
 
