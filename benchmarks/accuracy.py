@@ -372,6 +372,16 @@ def perform(run: Run, steps: int, threads: int) -> str:
     return f"{run.name}: {result['steps']} steps, {result['train_wall_s']:.0f} s; {tests}"
 
 
+def perform_each(runs: list[Run], jobs: int) -> None:
+    """Perform runs that set their own steps, ``jobs`` at once on one thread each.
+
+    Each status line is printed as its run ends; finished runs are kept.
+    """
+    with ThreadPoolExecutor(jobs) as pool:
+        for line in pool.map(lambda run: perform(run, run.steps, threads=1), runs):
+            print(line, flush=True)
+
+
 def training_curve(lcurve: Path) -> dict[str, list[float]]:
     """Read ``lcurve.out``: step, RMSE and MAE (e/Å^3) of the 200-point training batches."""
     step, rmse, mae, _ = np.loadtxt(lcurve, unpack=True, ndmin=2)

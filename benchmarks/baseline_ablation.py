@@ -30,13 +30,12 @@ import argparse
 import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import accuracy
 import numpy as np
-from accuracy import RUNS, SI64, Run, density_file, perform, tool
+from accuracy import RUNS, SI64, Run, density_file, perform_each, tool
 
 from dpcharge.fitting import Baseline, baseline_features, fit_baseline
 
@@ -261,9 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     accuracy.RESULTS = RESULTS  # perform() writes its results here, not in benchmarks/results
     runs = [(variant, steps) for group in args.runs for variant, steps in GROUPS[group]]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        for line in pool.map(lambda r: perform(ablation_run(*r), r[1], threads=1), runs):
-            print(line, flush=True)
+    perform_each([ablation_run(*run) for run in runs], args.jobs)
     if args.alone:
         for case in ALONE:
             for options in ({"basis": 8}, {"basis": 16, "rcut": 5.0}):

@@ -20,10 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import accuracy
-from accuracy import RESULTS, SI64, SYSTEMS, Run, System, perform
+from accuracy import RESULTS, SI64, SYSTEMS, Run, System, perform_each
 from baseline_ablation import OLD_TEMPLATE, VARIANTS
 
 BUDGET_RESULTS = RESULTS / "budget"
@@ -109,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", action="store_true", help="print the results table")
     args = parser.parse_args(argv)
     accuracy.RESULTS = BUDGET_RESULTS  # perform() writes its results here
-    with ThreadPoolExecutor(args.jobs) as pool:
-        for line in pool.map(lambda name: perform(RUNS[name], 0, threads=1), args.runs):
-            print(line, flush=True)
+    perform_each([RUNS[name] for name in args.runs], args.jobs)
     if args.table:
         print(table())
     return 0

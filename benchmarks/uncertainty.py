@@ -36,12 +36,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import accuracy
 import numpy as np
-from accuracy import RESULTS, RUNS, SI64, Run, density_file, execute, perform, tool
+from accuracy import RESULTS, RUNS, SI64, Run, density_file, execute, perform_each, tool
 from budget import SCHEDULES
 
 from dpcharge.chgcar import read_structure
@@ -110,7 +109,7 @@ def test(models: list[Path], files: list[Path], name: str) -> dict:
 def ranking(steps: int, jobs: int) -> list[dict]:
     """Train the members; test the ensembles of the first 2, 4 and 8 on both test files."""
     runs = members(steps)
-    train(runs, jobs)
+    perform_each(runs, jobs)
     rows = []
     for size in ENSEMBLES:
         models = [model(run) for run in runs[:size]]
@@ -126,7 +125,7 @@ def points(steps: int, jobs: int) -> list[dict]:
         member(f"uncertainty_selector{seed}_{steps}", seed, steps, points=POINTS[0])
         for seed in range(1, SELECTORS + 1)
     ]
-    train(selectors, jobs)
+    perform_each(selectors, jobs)
     chosen = ("--select-by", *map(str, map(model, selectors)))
     # the same trainings: the first selector on 1e3 uniform points, the first member on 1e5
     runs = {("uniform", POINTS[0]): selectors[0], ("uniform", POINTS[-1]): members(steps)[0]}
@@ -137,7 +136,7 @@ def points(steps: int, jobs: int) -> list[dict]:
         runs["selected", count] = member(
             f"uncertainty_selected{count}_{steps}", 1, steps, points=count, convert_options=chosen
         )
-    train(list(runs.values()), jobs)
+    perform_each(list(runs.values()), jobs)
     return [
         {**result(run)["tests"]["unseen"], "kind": kind, "training_points": count}
         for (kind, count), run in runs.items()
@@ -178,7 +177,7 @@ def structures(steps: int, jobs: int) -> list[dict]:
         )
         for kind, chosen in picks.items()
     }
-    train(list(runs.values()), jobs)
+    perform_each(list(runs.values()), jobs)
     rows = []
     for kind, run in runs.items():
         rest = [path for i, path in enumerate(POOL) if i not in picks[kind]]
@@ -187,13 +186,6 @@ def structures(steps: int, jobs: int) -> list[dict]:
         each = {name: figures["mae"] for name, figures in report["files"].items()}
         rows.append({**report["overall"], "kind": kind, "added": added, "each": each})
     return rows
-
-
-def train(runs: list[Run], jobs: int) -> None:
-    """Train and test runs (finished ones are kept), ``jobs`` at once on one thread each."""
-    with ThreadPoolExecutor(jobs) as pool:
-        for line in pool.map(lambda run: perform(run, run.steps, threads=1), runs):
-            print(line, flush=True)
 
 
 def result(run: Run) -> dict:
