@@ -43,8 +43,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ase import Atoms
-from ase.build import bulk
 from ase.io import read
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,35 +55,8 @@ from accuracy import execute, save, tool  # noqa: E402
 WORK = ROOT / "benchmarks" / "runs" / "scf_start"
 RESULTS = ROOT / "benchmarks" / "results" / "scf_start"
 SI64_MODEL = "benchmarks/runs/si64_baseline_fixed8_20000/model.pb"
-HOT_SIGMA = 0.125
-"""Gaussian displacement (Å) of the hot Si64: 2.5 times the thermal snapshots' 0.05 Å."""
-
 READ_FROM_FILE = "The initial density is read from file"
 FROM_ATOMS = "Initial potential from superposition of free atoms"
-
-
-def si64_hot(seed: int) -> tuple[Atoms, str]:
-    """Return a hot Si64: diamond Si64 with Gaussian displacements of `HOT_SIGMA` Å.
-
-    Parameters
-    ----------
-    seed : int
-        Seed of ``numpy.random.default_rng``.
-
-    Returns
-    -------
-    atoms : ase.Atoms
-        The structure (Å).
-    recipe : str
-        How it was made.
-    """
-    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
-    recipe = (
-        "ase.build.bulk('Si', 'diamond', a=5.43, cubic=True).repeat(2); every Cartesian "
-        f"component displaced by numpy.random.default_rng({seed}).normal(0, {HOT_SIGMA} Å) "
-        "(make_densities.rattled); wrapped"
-    )
-    return md.rattled(atoms, HOT_SIGMA, seed), recipe
 
 
 @dataclass(frozen=True)
@@ -97,9 +68,7 @@ class Case:
     name : str
         Name in file names and on the command line.
     system : make_densities.System
-        The benchmark system whose settings (and, but for ``si64hot``, structures) are used.
-    build : callable
-        Seed -> (structure, recipe).
+        The benchmark system whose settings and structures are used.
     seeds : tuple of int
         Default held-out seeds (seed 1 trained the model).
     model : str
@@ -108,7 +77,6 @@ class Case:
 
     name: str
     system: md.System
-    build: object
     seeds: tuple[int, ...]
     model: str
 
@@ -116,19 +84,17 @@ class Case:
 CASES = {
     case.name: case
     for case in (
-        Case("si64", md.SYSTEMS["si64"], md.SYSTEMS["si64"].build, (2, 3, 4, 5, 6), SI64_MODEL),
-        Case("si64hot", md.SYSTEMS["si64"], si64_hot, (7,), SI64_MODEL),
+        Case("si64", md.SYSTEMS["si64"], (2, 3, 4, 5, 6), SI64_MODEL),
+        Case("si64hot", md.SYSTEMS["si64hot"], (7,), SI64_MODEL),
         Case(
             "alslab",
             md.SYSTEMS["alslab"],
-            md.SYSTEMS["alslab"].build,
             (2, 3, 4),
             "benchmarks/runs/scf_alslab/model.pb",
         ),
         Case(
             "almg32",
             md.SYSTEMS["almg32"],
-            md.SYSTEMS["almg32"].build,
             (2, 3),
             "benchmarks/runs/scf_almg32/model.pb",
         ),
@@ -259,7 +225,7 @@ def start_both(case: Case, seed: int, force: bool) -> dict[str, object] | None:
         return None
     if not (ROOT / case.model).exists():
         raise RuntimeError(f"no model {case.model}: python benchmarks/scf_start.py --train ...")
-    atoms, recipe = case.build(seed)
+    atoms, recipe = case.system.build(seed)
     settings, kpoints = case.system.settings, case.system.kpoints
     grid = md.fft_grid(atoms, settings)
     text = md.pw_input(atoms, settings, kpoints, grid)
@@ -359,7 +325,7 @@ def loose_first_diagonalisation(case: Case, seed: int, threshold: float) -> dict
     """
     result = RESULTS / f"{case.name}_seed{seed}.json"
     record = json.loads(result.read_text())
-    atoms, _ = case.build(seed)
+    atoms, _ = case.system.build(seed)
     settings = case.system.settings
     text = md.pw_input(atoms, settings, case.system.kpoints, md.fft_grid(atoms, settings))
     text = with_startingpot(text).replace(
@@ -489,7 +455,7 @@ def md_run(
         print(f"skip {relative(str(result))} (exists)")
         return
     case = CASES["si64"]
-    atoms, recipe = case.build(seed)
+    atoms, recipe = case.system.build(seed)
     settings = case.system.settings
     grid = md.fft_grid(atoms, settings)
     text = md.pw_input(atoms, settings, None, grid)

@@ -154,6 +154,21 @@ def si_crystal(repeat: int, seed: int) -> tuple[Atoms, str]:
     return rattled(atoms, 0.05, seed), recipe
 
 
+HOT_SIGMA = 0.125
+"""Gaussian displacement (Å) of the hot Si64: 2.5 times the thermal snapshots' 0.05 Å."""
+
+
+def si64_hot(seed: int) -> tuple[Atoms, str]:
+    """Diamond Si64 (a = 5.43 Å) with larger displacements, sigma `HOT_SIGMA` Å."""
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
+    recipe = (
+        "ase.build.bulk('Si', 'diamond', a=5.43, cubic=True).repeat(2); every Cartesian "
+        f"component displaced by numpy.random.default_rng({seed}).normal(0, {HOT_SIGMA} Å); "
+        "wrapped"
+    )
+    return rattled(atoms, HOT_SIGMA, seed), recipe
+
+
 def fe_crystal(repeat: int, seed: int) -> tuple[Atoms, str]:
     """Ferromagnetic bcc Fe (a = 2.83 Å, cubic cell repeated), displacements sigma 0.06 Å."""
     atoms = bulk("Fe", "bcc", a=2.83, cubic=True).repeat(repeat)
@@ -410,6 +425,7 @@ SYSTEMS: dict[str, System] = {
         System(
             "si64", lambda seed: si_crystal(2, seed), SI, list(range(1, 11)), "~20-60 s each, 72^3"
         ),
+        System("si64hot", si64_hot, SI, [7], "~20-60 s, 72^3 (out of distribution for si64)"),
         System(
             "si216",
             lambda seed: si_crystal(3, seed),
