@@ -62,6 +62,7 @@ FLAGS = {
     "species": "--species",
     "thresholds": "--thresholds",
     "type_map": "--type-map",
+    "uniform_share": "--uniform-share",
     "validation": "--validation",
     "workers": "--threads",
 }
@@ -229,16 +230,18 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
         "--select-by",
         nargs="+",
         metavar="MODEL",
-        help="concurrent learning: take the --points where these models (an ensemble, two or "
-        "more) disagree most, after a --uniform-share of uniform ones, instead of uniform "
-        "points only; costs one whole-grid prediction per model and file",
+        help="concurrent learning: draw the --points more often where these models (an "
+        "ensemble, two or more) disagree, each with a weight (grid_weight.npy) that keeps "
+        "training aimed at the error over the whole grid; costs one whole-grid prediction per "
+        "model and file",
     )
     parser.add_argument(
         "--uniform-share",
         type=float,
         default=UNIFORM_SHARE,
         metavar="FRACTION",
-        help="with --select-by: share of the points drawn uniformly (default: %(default)s)",
+        help="with --select-by: share of the drawing spread evenly over the grid, above 0 and "
+        "at most 1; the rest follows the models' deviation (default: %(default)s)",
     )
     parser.add_argument(
         "--force",
@@ -281,15 +284,18 @@ def _run_convert(args: argparse.Namespace) -> None:
             raise InputError("--select-by needs two models or more (an ensemble)")
         if args.all_points:
             raise InputError("--all-points takes every point: drop --select-by")
+        from dpcharge.selection import check_uniform_share
+
+        check_uniform_share(args.uniform_share)
         with _quiet_tensorflow():
             from dpcharge.inference import DeepDensity
 
             ensemble = DeepDensity(args.select_by)
     with staged_folder(output) as staging:
         for number, (path, name) in enumerate(zip(args.files, names, strict=True)):
-            grid_index = None
+            grid_index = grid_weight = None
             if ensemble is not None:
-                grid_index = _select_points(ensemble, path, number, args)
+                grid_index, grid_weight = _select_points(ensemble, path, number, args)
             system = dpdata.System(
                 path,
                 fmt="vasp/chgcar",
@@ -301,6 +307,7 @@ def _run_convert(args: argparse.Namespace) -> None:
                 component=args.component,
                 species=args.species,
                 grid_index=grid_index,
+                grid_weight=grid_weight,
             )
             frames = system.get_nframes()
             valid = round(frames * args.validation)
@@ -336,8 +343,10 @@ def _run_convert(args: argparse.Namespace) -> None:
         write_atomically(staging / MARKER, lambda s: json.dump(record, s, indent=1))
 
 
-def _select_points(ensemble: object, path: str, number: int, args: argparse.Namespace) -> object:
-    """Return the grid points of one file where the ensemble disagrees most (and uniform ones)."""
+def _select_points(
+    ensemble: object, path: str, number: int, args: argparse.Namespace
+) -> tuple[object, object]:
+    """Draw the grid points of one file by the ensemble's deviation; return them and weights."""
     import numpy as np
 
     from dpcharge.chgcar import read_density
@@ -349,15 +358,15 @@ def _select_points(ensemble: object, path: str, number: int, args: argparse.Name
             atoms, density.shape, progress=progress, deviation=True
         )
     rng = np.random.default_rng((args.seed, number))
-    index = select_points(deviation, args.points, args.uniform_share, rng)
+    index, weight = select_points(deviation, args.points, args.uniform_share, rng)
     if not args.quiet:
         print(
             f"{path}: mean deviation of the {len(index):,} chosen points "
             f"{deviation.ravel()[index].mean():.3g} e/Å^3, of the whole grid "
-            f"{deviation.mean():.3g} e/Å^3",
+            f"{deviation.mean():.3g} e/Å^3; weights {weight.min():.3g} to {weight.max():.3g}",
             flush=True,
         )
-    return index
+    return index, weight
 
 
 def _report_system(path: str, folder: Path, system: object, component: str) -> None:

@@ -18,6 +18,10 @@ DENSITY = "density"
 LABEL = "atom_ener"
 """Per-atom label (and model output key) holding the density in e/Å^3; 0 at real atoms."""
 
+WEIGHT = "grid_weight"
+"""Per-atom weight of each grid point in the loss and the label statistics, 1 at real atoms.
+Written only for points drawn by an ensemble (`dpcharge.selection`); 1 when absent."""
+
 GRID_TYPE = "X"
 """Default name of the grid-point (virtual) type: ase's dummy atom, which is no element."""
 
@@ -40,7 +44,8 @@ THRESHOLDS = (0.001, 0.005, 0.01, 0.05)
 """Absolute errors (e/Å^3) whose fractions ``dpcharge test`` reports in its error histogram."""
 
 UNIFORM_SHARE = 0.2
-"""Share of the training points chosen by an ensemble that are drawn uniformly instead."""
+"""Share of the drawing probability of training points spread evenly over the grid when an
+ensemble chooses them (the rest follows the ensemble's deviation)."""
 
 RANKING_SPACING = 0.5
 """Grid spacing in Å on which an ensemble ranks candidate structures: coarse, enough to rank."""

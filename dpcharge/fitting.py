@@ -53,7 +53,7 @@ from deepmd.tf.utils.sess import run_sess
 from deepmd.utils.data import DataRequirementItem
 from scipy.spatial import cKDTree
 
-from dpcharge.conventions import DENSITY, LABEL
+from dpcharge.conventions import DENSITY, LABEL, WEIGHT
 from dpcharge.errors import InputError
 
 log = logging.getLogger("deepmd.dpcharge")
@@ -298,23 +298,29 @@ def stat_frames(all_stat: dict) -> Iterator[tuple[np.ndarray, ...]]:
     Yields
     ------
     tuple of np.ndarray
-        Positions (natoms, 3) in Å, cell (3, 3) in Å, types (natoms,) and labels
-        (natoms,), the density in e/Å^3 at grid points.
+        Positions (natoms, 3) in Å, cell (3, 3) in Å, types (natoms,), labels
+        (natoms,), the density in e/Å^3 at grid points, and the weights of the
+        atoms (natoms,), 1 where the data hold none.
     """
     keys = ("coord", "box", "type", LABEL)
-    for system in zip(*(all_stat[key] for key in keys), strict=True):
-        for coords, boxes, types, labels in zip(*system, strict=True):
+    weights = all_stat.get(WEIGHT) or [[None] * len(batches) for batches in all_stat[LABEL]]
+    for system in zip(*(all_stat[key] for key in keys), weights, strict=True):
+        for coords, boxes, types, labels, weight in zip(*system, strict=True):
             types = np.asarray(types)
             for frame in range(types.shape[0]):
+                shape = types[frame].shape
                 yield (
                     np.reshape(coords[frame], (-1, 3)),
                     np.reshape(boxes[frame], (3, 3)),
                     types[frame],
-                    np.reshape(labels[frame], types[frame].shape),
+                    np.reshape(labels[frame], shape),
+                    np.ones(shape) if weight is None else np.reshape(weight[frame], shape),
                 )
 
 
-def fit_baseline(features: np.ndarray, density: np.ndarray) -> np.ndarray:
+def fit_baseline(
+    features: np.ndarray, density: np.ndarray, weight: np.ndarray | None = None
+) -> np.ndarray:
     """Fit the baseline coefficients to densities by linear least squares (float64).
 
     The fit has a constant term, so the coefficients do not absorb the mean density.
@@ -325,15 +331,24 @@ def fit_baseline(features: np.ndarray, density: np.ndarray) -> np.ndarray:
         Basis sums at the grid points, shape (ngrid, nfeatures) (`baseline_features`).
     density
         Density at the grid points, e/Å^3, shape (ngrid,).
+    weight
+        Weight of each point's squared residual, shape (ngrid,); None weighs all alike.
 
     Returns
     -------
     np.ndarray
         Coefficients, e/Å^3, shape (nfeatures,).
     """
-    design = np.column_stack([features, np.ones(len(density))])
-    solution, *_ = np.linalg.lstsq(design, density, rcond=None)
+    root = np.ones(len(density)) if weight is None else np.sqrt(weight)
+    design = np.column_stack([features, np.ones(len(density))]) * root[:, None]
+    solution, *_ = np.linalg.lstsq(design, density * root, rcond=None)
     return solution[:-1]
+
+
+def weighted_std(values: np.ndarray, weight: np.ndarray) -> float:
+    """Return the standard deviation of ``values`` with each counted ``weight`` times."""
+    mean = np.average(values, weights=weight)
+    return float(np.sqrt(np.average(np.square(values - mean), weights=weight)))
 
 
 @Fitting.register(DENSITY)
@@ -522,6 +537,8 @@ class DensityFitting(EnerFitting):
         """Fit the baseline, then set bias and scale: mean and std of the remainder.
 
         Without a baseline the remainder is the density itself. Real types get bias 0.
+        Points weighted by an ensemble's choice (``grid_weight``) count by their weight,
+        so the statistics are those of the whole grid.
 
         Parameters
         ----------
@@ -533,27 +550,30 @@ class DensityFitting(EnerFitting):
         """
         if self.baseline is not None:
             sel = baseline_neighbours(self.descriptor, self.ntypes, self.baseline.rcut)
-        densities, features = [], []
-        for coord, box, types, labels in stat_frames(all_stat):
+        densities, weights, features = [], [], []
+        for coord, box, types, labels, weight in stat_frames(all_stat):
             densities.append(labels[types == self.grid_type])
+            weights.append(weight[types == self.grid_type])
             if self.baseline is not None:
                 features.append(baseline_features(coord, box, types, sel, self.baseline))
         density = np.concatenate(densities) if densities else np.zeros(0)
         if density.size == 0:
             raise InputError("the training data hold no grid points with atom_ener labels")
+        weight = np.concatenate(weights)
         remainder = density
         if self.baseline is not None:
             features = np.concatenate(features)
-            coefficients = fit_baseline(features, density)
+            coefficients = fit_baseline(features, density, weight)
             remainder = density - features @ coefficients
             self.baseline_coefficients = coefficients.reshape(self.ntypes - 1, -1)
             log.info(
                 "baseline fitted to %d grid points: density std %.6g, remainder std %.6g e/Å^3",
                 density.size,
-                density.std(),
-                remainder.std(),
+                weighted_std(density, weight),
+                weighted_std(remainder, weight),
             )
-        mean, std = float(remainder.mean()), float(remainder.std())
+        mean = float(np.average(remainder, weights=weight))
+        std = weighted_std(remainder, weight)
         self.bias_atom_e = np.zeros(self.ntypes, dtype=np.float64)
         self.bias_atom_e[self.grid_type] = mean
         self.density_scale = std if std > 0 else 1.0
@@ -655,7 +675,9 @@ class DensityLoss(Loss):
     The learning curve (``lcurve.out``) shows ``rmse_rho`` and ``mae_rho``, the
     root-mean-square and mean absolute errors of the density in e/Å^3 over the
     grid points of a batch (validation columns average ``numb_btch`` batches),
-    whatever ``function`` training minimises.
+    whatever ``function`` training minimises. Grid points drawn by an ensemble
+    count by their weight (``grid_weight``) in the loss and in both errors, which
+    then estimate the errors over the whole grid.
 
     Parameters
     ----------
@@ -714,17 +736,21 @@ class DensityLoss(Loss):
         predicted = tf.reshape(model_dict[LABEL], [-1, nloc])[:, nloc - ngrid :]
         labelled = tf.reshape(label_dict[LABEL], [-1, nloc])[:, nloc - ngrid :]
         error = predicted - tf.cast(labelled, predicted.dtype)
-        mse = tf.reduce_mean(tf.square(error), name="l2_density_" + suffix)
-        mae = tf.reduce_mean(tf.abs(error), name="mae_density_" + suffix)
+        weight = tf.reshape(label_dict[WEIGHT], [-1, nloc])[:, nloc - ngrid :]
+        weight = tf.cast(weight, error.dtype)
+        weight = weight / tf.reduce_mean(weight)
+
+        def mean(values: tf.Tensor, name: str) -> tf.Tensor:
+            return tf.reduce_mean(weight * values, name=f"{name}_density_{suffix}")
+
+        mse = mean(tf.square(error), "l2")
+        mae = mean(tf.abs(error), "mae")
         loss = {"mse": mse, "mae": mae}.get(self.function)
         if loss is None:
             delta = tf.constant(self.huber_delta, dtype=error.dtype)
             absolute = tf.abs(error)
             quadratic = tf.minimum(absolute, delta)
-            loss = tf.reduce_mean(
-                0.5 * tf.square(quadratic) + delta * (absolute - quadratic),
-                name="huber_density_" + suffix,
-            )
+            loss = mean(0.5 * tf.square(quadratic) + delta * (absolute - quadratic), "huber")
         self.l2_l = loss
         self.l2_more = {"mse_rho": mse, "mae_rho": mae}
         tf.summary.scalar("rmse_rho_" + suffix, tf.sqrt(mse))
@@ -755,8 +781,11 @@ class DensityLoss(Loss):
 
     @property
     def label_requirement(self) -> list[DataRequirementItem]:
-        """The density labels ``atom_ener``, required; no energy labels."""
-        return [DataRequirementItem(LABEL, 1, atomic=True, must=True, high_prec=False)]
+        """The density labels ``atom_ener``, required, and ``grid_weight`` (default 1)."""
+        return [
+            DataRequirementItem(LABEL, 1, atomic=True, must=True, high_prec=False),
+            DataRequirementItem(WEIGHT, 1, atomic=True, must=False, high_prec=False, default=1.0),
+        ]
 
 
 @Model.register(DENSITY)

@@ -4,7 +4,8 @@ Each frame holds every real atom of the structure and a set of grid points as
 atoms of one extra virtual type, the last entry of the type map (a grid point
 on a nucleus moves out to `dpcharge.conventions.MIN_DISTANCE`). The per-atom
 label ``atom_ener`` is the density in e/Å^3 at grid points and 0 at real atoms,
-so DeePMD-kit reads it as an atomic-energy-like label::
+so DeePMD-kit reads it as an atomic-energy-like label; points drawn by an ensemble
+also carry their weight ``grid_weight`` (`dpcharge.selection`)::
 
     import dpdata
     system = dpdata.System("CHGCAR", fmt="vasp/chgcar", points=100_000, seed=0)
@@ -24,7 +25,15 @@ from dpdata.data_type import Axis, DataType, register_data_type
 from dpdata.format import Format
 
 from dpcharge.chgcar import read_density
-from dpcharge.conventions import GRID_TYPE, LABEL, MIN_DISTANCE, POINTS, POINTS_PER_FRAME, TypeMap
+from dpcharge.conventions import (
+    GRID_TYPE,
+    LABEL,
+    MIN_DISTANCE,
+    POINTS,
+    POINTS_PER_FRAME,
+    WEIGHT,
+    TypeMap,
+)
 from dpcharge.errors import InputError
 from dpcharge.grid import (
     PeriodicImages,
@@ -33,10 +42,11 @@ from dpcharge.grid import (
     sample_grid_points,
 )
 
-register_data_type(
-    DataType(LABEL, np.ndarray, (Axis.NFRAMES, Axis.NATOMS), required=False),
-    labeled=False,
-)
+for _name in (LABEL, WEIGHT):
+    register_data_type(
+        DataType(_name, np.ndarray, (Axis.NFRAMES, Axis.NATOMS), required=False),
+        labeled=False,
+    )
 
 
 @Format.register("vasp/chgcar")
@@ -55,6 +65,7 @@ class ChgcarFormat(Format):
         component: str = "total",
         species: Sequence[str] | None = None,
         grid_index: np.ndarray | None = None,
+        grid_weight: np.ndarray | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
         """Read a density file and cut its grid points into frames.
@@ -92,16 +103,27 @@ class ChgcarFormat(Format):
             Flat C-order indices of the grid points to take instead of a random
             sample (e.g. chosen by an ensemble, `dpcharge.selection`); their
             number replaces ``points``.
+        grid_weight
+            Weight of each point of ``grid_index`` in the loss and the label
+            statistics (`dpcharge.selection.select_points`), written as the
+            ``grid_weight`` label; none for a uniform sample.
         **kwargs
             Ignored (dpdata passes its own options).
 
         Returns
         -------
         dict
-            dpdata system data with the ``atom_ener`` labels in e/Å^3.
+            dpdata system data with the ``atom_ener`` labels in e/Å^3 (and
+            ``grid_weight`` with ``grid_weight`` given).
         """
         if np.min(seed) < 0:
             raise InputError(f"must be 0 or more, got {seed}", "seed")
+        if grid_weight is not None and (
+            grid_index is None
+            or np.shape(grid_weight) != np.shape(grid_index)
+            or not np.all(np.asarray(grid_weight) > 0)
+        ):
+            raise InputError("must be positive, one per point of grid_index", "grid_weight")
         atoms, density = read_density(file_name, species=species, component=component)
         symbols = atoms.get_chemical_symbols()
         if type_map is None:
@@ -158,7 +180,7 @@ class ChgcarFormat(Format):
             axis=1,
         )
         labels = np.concatenate([np.zeros((frames, len(atoms))), density.ravel()[index]], axis=1)
-        return {
+        data = {
             "atom_names": list(types.names),
             "atom_numbs": [int(np.sum(atom_types == t)) for t in range(len(types.names))],
             "atom_types": atom_types,
@@ -167,3 +189,7 @@ class ChgcarFormat(Format):
             "coords": coords,
             LABEL: labels,
         }
+        if grid_weight is not None:
+            weights = np.reshape(grid_weight, (frames, frame_size))
+            data[WEIGHT] = np.concatenate([np.ones((frames, len(atoms))), weights], axis=1)
+        return data

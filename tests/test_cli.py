@@ -20,6 +20,7 @@ from dpcharge.chgcar import read_density
 from dpcharge.cli import main
 from dpcharge.inference import DeepDensity
 from dpcharge.metrics import density_errors, electron_count
+from dpcharge.selection import inclusion_probabilities
 
 DATA = Path(__file__).parent / "data"
 SI8 = DATA / "CHGCAR_Si8_qe.gz"
@@ -435,9 +436,17 @@ def test_convert_takes_the_points_where_an_ensemble_disagrees(
     ijk = np.rint(fractional * 36).astype(int) % 36
     chosen = deviation[ijk[..., 0], ijk[..., 1], ijk[..., 2]].ravel()
     assert len(chosen) == 2000
-    threshold = np.sort(deviation.ravel())[-1500]  # the 1,500 largest deviations
-    assert np.sum(chosen >= threshold) >= 1500
-    assert chosen.mean() > 2 * deviation.mean()
+    assert chosen.mean() > 1.5 * deviation.mean()
+    # each point's weight undoes its inclusion probability (a quarter of it uniform)
+    flat = deviation.ravel()
+    share = 0.25 / flat.size + 0.75 * flat / flat.sum()
+    probability = inclusion_probabilities(share, 2000)
+    flat_index = np.ravel_multi_index(tuple(np.moveaxis(ijk, -1, 0)), deviation.shape)
+    weight = system.data["grid_weight"]
+    assert np.all(weight[:, :8] == 1)
+    np.testing.assert_allclose(
+        weight[:, 8:].ravel(), 2000 / (flat.size * probability[flat_index.ravel()]), rtol=1e-5
+    )
     record = json.loads((tmp_path / "out/dpcharge.json").read_text())
     assert record["selected_by"] == [str(frozen_model), str(second_model)]
     assert "mean deviation of the 2,000 chosen points" in result.stdout

@@ -167,6 +167,23 @@ CONVERT = {
         lambda f, m: ["convert", SI8, "-o", f / "out", "--points", 0],
         "--points",
     ),
+    "one model to select points by": (
+        lambda f, m: ["convert", SI8, "-o", f / "out", "--select-by", m.pb],
+        "--select-by needs two models or more",
+    ),
+    "no uniform share in the selection": (
+        lambda f, m: [
+            "convert",
+            SI8,
+            "-o",
+            f / "out",
+            "--uniform-share",
+            0,
+            "--select-by",
+            *[m.pb] * 2,
+        ],
+        "--uniform-share: must be above 0 and at most 1, got 0.0",
+    ),
     "zero points per frame": (
         lambda f, m: ["convert", SI8, "-o", f / "out", "--all-points", "--points-per-frame", 0],
         "--points-per-frame: must be positive",

@@ -196,12 +196,19 @@ def test_the_density_model_builds_a_density_fitting_and_loss():
     assert isinstance(model.fitting, DensityFitting)
     loss = model.get_loss({"type": "density"}, None)
     assert isinstance(loss, DensityLoss)
-    [label] = loss.label_requirement
+    label, weight = loss.label_requirement
     assert (label.key, label.atomic, label.must) == ("atom_ener", True, True)
+    assert (weight.key, weight.atomic, weight.must, weight.default) == (
+        "grid_weight",
+        True,
+        False,
+        1.0,
+    )
 
 
 @pytest.mark.parametrize("function", ["mse", "mae", "huber"])
-def test_loss_functions_against_numpy(function):
+@pytest.mark.parametrize("weighted", [False, True])
+def test_loss_functions_against_numpy(function, weighted):
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
@@ -210,6 +217,9 @@ def test_loss_functions_against_numpy(function):
     predicted = labels + rng.normal(0, 0.02, size=labels.shape)
     predicted[:, :real] = 0  # real atoms: output 0, label 0, left out of the loss
     labels[:, :real] = 0
+    # DeePMD-kit feeds weight 1 where the data hold no grid_weight; real atoms weigh 1
+    weights = rng.uniform(0.2, 5, size=labels.shape) if weighted else np.ones(labels.shape)
+    weights[:, :real] = 1
     delta = 0.015
     loss = DensityLoss(function=function, huber_delta=delta)
     graph = tf.Graph()
@@ -219,7 +229,7 @@ def test_loss_functions_against_numpy(function):
             None,
             natoms,
             {"atom_ener": tf.constant(predicted.ravel())},
-            {"atom_ener": tf.constant(labels.ravel())},
+            {"atom_ener": tf.constant(labels.ravel()), "grid_weight": tf.constant(weights.ravel())},
             "test",
         )
         with tf.compat.v1.Session(graph=graph) as session:
@@ -227,9 +237,14 @@ def test_loss_functions_against_numpy(function):
     error = (predicted - labels)[:, real:]
     absolute = np.abs(error)
     huber = np.where(absolute <= delta, 0.5 * error**2, delta * (absolute - 0.5 * delta))
-    expected = {"mse": np.mean(error**2), "mae": absolute.mean(), "huber": huber.mean()}
+    weight = weights[:, real:]
+
+    def mean(values):
+        return np.sum(weight * values) / np.sum(weight)
+
+    expected = {"mse": mean(error**2), "mae": mean(absolute), "huber": mean(huber)}
     assert value == pytest.approx(expected[function], rel=1e-12)
-    assert (mse, mae) == (pytest.approx(np.mean(error**2)), pytest.approx(absolute.mean()))
+    assert (mse, mae) == (pytest.approx(mean(error**2)), pytest.approx(mean(absolute)))
 
 
 def test_loss_options_are_checked():
@@ -533,6 +548,38 @@ def test_baseline_fit_recovers_a_density_made_of_known_radial_functions(si8_fram
     )
     assert fitting.bias_atom_e.tolist() == [0.0, pytest.approx(offset, abs=tolerance)]
     assert fitting.density_scale < 1e-10  # e/Å^3: nothing is left for the network
+
+
+def test_weighted_points_count_in_the_statistics_as_repeated_points(si8_frames):
+    coords, cells, types, labels = si8_frames
+    weights = np.random.default_rng(0).integers(1, 4, size=labels.shape).astype(float)
+    descrpt = se_e2_a_5([48, 0])
+    fitting = Fitting(
+        type="density", ntypes=2, dim_descrpt=descrpt.get_dim_out(), descrpt=descrpt,
+        baseline=BASELINE,
+    )  # fmt: skip
+    all_stat = {
+        "coord": [[coords]],
+        "box": [[cells]],
+        "type": [[np.tile(types, (len(coords), 1))]],
+        "atom_ener": [[labels]],
+        "grid_weight": [[weights]],
+    }
+    fitting.compute_output_stats(all_stat)
+    # the same statistics from every grid point repeated as often as its weight says
+    repeats = weights[:, types == 1].astype(int).ravel()
+    features = numpy_features(si8_frames, [48, 0], Baseline(**BASELINE))
+    features = np.repeat(features.reshape(repeats.size, -1), repeats, axis=0)
+    density = np.repeat(labels[:, types == 1].ravel(), repeats)
+    design = np.column_stack([features, np.ones(len(density))])
+    solution, *_ = np.linalg.lstsq(design, density, rcond=None)
+    remainder = density - features @ solution[:-1]
+    tolerance = 10 * np.linalg.cond(design) * np.finfo(np.float64).eps
+    np.testing.assert_allclose(
+        fitting.baseline_coefficients.ravel(), solution[:-1], rtol=0, atol=tolerance
+    )
+    assert fitting.bias_atom_e[1] == pytest.approx(remainder.mean(), rel=1e-10)
+    assert fitting.density_scale == pytest.approx(remainder.std(), rel=1e-10)
 
 
 def test_baseline_beyond_the_descriptor_or_without_a_type_grouped_list_is_refused():

@@ -76,6 +76,39 @@ def test_type_map_orders_real_elements_and_puts_the_grid_type_last(tmp_path):
     assert not (tmp_path / "al/set.000/energy.npy").exists()
 
 
+def test_chosen_points_keep_their_weights_through_deepmd_kit(tmp_path):
+    from deepmd.utils.data_system import DeepmdDataSystem
+
+    from dpcharge.fitting import DensityLoss
+
+    _, density = read_density(SI8)
+    rng = np.random.default_rng(0)
+    index = rng.choice(density.size, 400, replace=False)
+    weight = rng.uniform(0.5, 4, 400)
+    system = dpdata.System(SI8, fmt="vasp/chgcar", grid_index=index, grid_weight=weight)
+    flat = np.ravel_multi_index(grid_index(system, density.shape).reshape(-1, 3).T, density.shape)
+    assert np.array_equal(flat, index)
+    assert np.array_equal(system["grid_weight"][:, 8:].ravel(), weight)
+    assert np.all(system["grid_weight"][:, :8] == 1)
+    system.to("deepmd/npy", tmp_path / "si8")
+    # DeePMD-kit loads them with the labels the density loss asks for, in the same order
+    data = DeepmdDataSystem([str(tmp_path / "si8")], batch_size=2, test_size=1, rcut=6.0)
+    data.add_data_requirements(DensityLoss().label_requirement)
+    batch = data.get_batch()
+    assert batch["find_grid_weight"] == 1
+    labels, weights = batch["atom_ener"], batch["grid_weight"]
+    for frame in range(2):
+        chosen = np.flatnonzero(np.isin(system["atom_ener"][:, 8:], labels[frame]).all(axis=1))
+        assert len(chosen) == 1
+        order = np.argsort(system["atom_ener"][chosen[0]])
+        assert np.array_equal(np.sort(labels[frame]), system["atom_ener"][chosen[0], order])
+        pairs = sorted(zip(labels[frame], weights[frame], strict=True))
+        expected = sorted(
+            zip(system["atom_ener"][chosen[0]], system["grid_weight"][chosen[0]], strict=True)
+        )
+        assert pairs == expected
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -87,6 +120,8 @@ def test_type_map_orders_real_elements_and_puts_the_grid_type_last(tmp_path):
         ({"points": 1000, "points_per_frame": 300}, "do not split into frames of 300"),
         ({"points": 50000}, "points: 50,000 requested but the grid has only 46,656 points"),
         ({"seed": -1}, "seed: must be 0 or more"),
+        ({"grid_weight": np.ones(200)}, "grid_weight: must be positive, one per point"),
+        ({"grid_index": np.arange(200), "grid_weight": np.zeros(200)}, "grid_weight: must be"),
     ],
 )
 def test_bad_options_are_refused(options, message):
