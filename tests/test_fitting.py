@@ -508,6 +508,27 @@ def test_graph_baseline_features_equal_the_numpy_ones(si8_frames, sel):
     np.testing.assert_allclose(computed, expected, rtol=1e-12, atol=1e-14)
 
 
+def fitted_statistics(frames, densities, weights=None):
+    """A density fitting with the baseline whose output statistics come from ``frames``
+    labelled with ``densities`` (and ``weights``)."""
+    coords, cells, types, _ = frames
+    descrpt = se_e2_a_5([48, 0])
+    fitting = Fitting(
+        type="density", ntypes=2, dim_descrpt=descrpt.get_dim_out(), descrpt=descrpt,
+        baseline=BASELINE,
+    )  # fmt: skip
+    all_stat = {
+        "coord": [[coords]],
+        "box": [[cells]],
+        "type": [[np.tile(types, (len(coords), 1))]],
+        "atom_ener": [[densities]],
+    }
+    if weights is not None:
+        all_stat["grid_weight"] = [[weights]]
+    fitting.compute_output_stats(all_stat)
+    return fitting
+
+
 def test_baseline_fit_recovers_a_density_made_of_known_radial_functions(si8_frames):
     coords, cells, types, _ = si8_frames
     baseline = Baseline(**BASELINE)
@@ -526,18 +547,7 @@ def test_baseline_fit_recovers_a_density_made_of_known_radial_functions(si8_fram
         radial = np.exp(-r2 / (2 * widths**2)) * np.clip(1 - r2 / rcut**2, 0, None) ** 2
         density = (radial @ coefficients).sum(axis=1) + offset
         densities.append(np.where(types == 1, density, 0.0))
-    descrpt = se_e2_a_5([48, 0])
-    fitting = Fitting(
-        type="density", ntypes=2, dim_descrpt=descrpt.get_dim_out(), descrpt=descrpt,
-        baseline=BASELINE,
-    )  # fmt: skip
-    all_stat = {
-        "coord": [[coords]],
-        "box": [[cells]],
-        "type": [[np.tile(types, (len(coords), 1))]],
-        "atom_ener": [[np.stack(densities)]],
-    }
-    fitting.compute_output_stats(all_stat)
+    fitting = fitted_statistics(si8_frames, np.stack(densities))
     features = numpy_features(si8_frames, [48, 0], baseline).reshape(-1, baseline.basis)
     design = np.column_stack([features, np.ones(len(features))])
     # float64 least squares: relative error of the coefficients up to cond * eps
@@ -551,21 +561,9 @@ def test_baseline_fit_recovers_a_density_made_of_known_radial_functions(si8_fram
 
 
 def test_weighted_points_count_in_the_statistics_as_repeated_points(si8_frames):
-    coords, cells, types, labels = si8_frames
+    _, _, types, labels = si8_frames
     weights = np.random.default_rng(0).integers(1, 4, size=labels.shape).astype(float)
-    descrpt = se_e2_a_5([48, 0])
-    fitting = Fitting(
-        type="density", ntypes=2, dim_descrpt=descrpt.get_dim_out(), descrpt=descrpt,
-        baseline=BASELINE,
-    )  # fmt: skip
-    all_stat = {
-        "coord": [[coords]],
-        "box": [[cells]],
-        "type": [[np.tile(types, (len(coords), 1))]],
-        "atom_ener": [[labels]],
-        "grid_weight": [[weights]],
-    }
-    fitting.compute_output_stats(all_stat)
+    fitting = fitted_statistics(si8_frames, labels, weights)
     # the same statistics from every grid point repeated as often as its weight says
     repeats = weights[:, types == 1].astype(int).ravel()
     features = numpy_features(si8_frames, [48, 0], Baseline(**BASELINE))
