@@ -7,14 +7,16 @@ Three experiments, each a table of ``docs/uncertainty.md``:
 
 ``ranking``
     Eight models on the same 1e5 points of Si64 seed 1. ``dpcharge test`` of the first 2, 4 and
-    8 on every grid point of the unseen Si64 (seed 6) and, out of distribution, of amorphous
-    Si64 (seed 3): MAE of the ensemble mean, mean deviation (e/Å^3), Spearman correlation of
-    deviation and absolute error.
+    8 on every grid point of the unseen Si64 (seed 6) and, out of distribution, of a hot Si64
+    (seed 7, displacements 2.5 times larger) and amorphous Si64 (seed 3): MAE of the ensemble
+    mean, mean deviation (e/Å^3), Spearman correlation of deviation and absolute error.
+``water``
+    The same for four models on 1e5 points of water32 seed 1, tested on seed 3.
 ``points``
     Concurrent learning of grid points: four models trained on 1e3 uniform points of Si64
-    seed 1 choose 1e3, 1e4 and 1e5 of its points (``dpcharge convert --select-by``, a fifth of
-    them uniform); one model trained on each, against one trained on as many uniform points,
-    equal steps: MAE on seed 6.
+    seed 1 draw 1e3, 1e4 and 1e5 of its points by their deviation, with weights
+    (``dpcharge convert --select-by``, a fifth of the drawing uniform); one model trained on
+    each, against one trained on as many uniform points, equal steps: MAE on seed 6.
 ``structures``
     Concurrent learning of structures: the first four ``ranking`` models rank a pool whose
     DFT is held back (Si64 seeds 2-5, amorphous Si64 seeds 1-3) with ``dpcharge select``;
@@ -40,14 +42,27 @@ from pathlib import Path
 
 import accuracy
 import numpy as np
-from accuracy import RESULTS, RUNS, SI64, Run, density_file, execute, perform_each, tool
+from accuracy import (
+    RESULTS,
+    RUNS,
+    SI64,
+    SYSTEMS,
+    Run,
+    System,
+    density_file,
+    execute,
+    perform_each,
+    tool,
+)
 from budget import SCHEDULES
 
 from dpcharge.chgcar import read_structure
 
 FOLDER = RUNS / "uncertainty"
 UNCERTAINTY_RESULTS = RESULTS / "uncertainty"
-MEMBERS = 8
+WATER = SYSTEMS["water32"]
+MEMBERS = {SI64.name: 8, WATER.name: 4}
+"""Models of each system's ensemble (a water step costs 1.8 times a Si step)."""
 ENSEMBLES = (2, 4, 8)
 SELECTORS = 4
 """Models of the ensembles that choose points and structures."""
@@ -59,19 +74,36 @@ COUNT = 2
 """Structures added to seed 1 in ``structures``."""
 DRAWS = 3
 """Random choices of ``COUNT`` structures, against the ensemble's one."""
-TESTS = {"unseen": density_file("si64", SI64.test_seed), "amorphous": density_file("asi64", 3)}
+TESTS = {
+    SI64.name: {
+        "unseen": density_file("si64", SI64.test_seed),
+        "hot": density_file("si64hot", 7),
+        "amorphous": density_file("asi64", 3),
+    },
+    WATER.name: {"unseen": density_file("water32", WATER.test_seed)},
+}
 
 
-def member(name: str, seed: int, steps: int, **fields: object) -> Run:
-    """Return one model's run: ``si.json``'s settings with ``seed`` for every random choice."""
+def member(name: str, seed: int, steps: int, system: System = SI64, **fields: object) -> Run:
+    """Return one model's run: ``si.json``'s settings with ``seed`` for every random choice.
+
+    Every pair of real elements is excluded from the descriptor, as in ``budget.py``.
+    """
     template = SCHEDULES["exp"]
+    elements = range(len(system.type_map))
+    pairs = [[i, j] for i in elements for j in elements if i <= j]
     seeds = tuple((key, seed) for key in ("model.descriptor.seed", "model.fitting_net.seed"))
-    settings = (*template.settings, *seeds, ("training.seed", seed))
+    settings = (
+        *template.settings,
+        ("model.descriptor.exclude_types", pairs),
+        *seeds,
+        ("training.seed", seed),
+    )
     fields.setdefault("points", 10**5)
     return Run(
         name,
         "uncertainty",
-        SI64,
+        system,
         (1,),
         settings=settings,
         steps=steps,
@@ -80,10 +112,12 @@ def member(name: str, seed: int, steps: int, **fields: object) -> Run:
     )
 
 
-def members(steps: int) -> list[Run]:
-    """Return the ``ranking`` ensemble's runs, seeds 1 to ``MEMBERS``."""
+def members(steps: int, system: System = SI64) -> list[Run]:
+    """Return the runs of ``system``'s ensemble, seeds 1 to its ``MEMBERS``."""
+    kind = "member" if system is SI64 else f"{system.name}_member"
     return [
-        member(f"uncertainty_member{seed}_{steps}", seed, steps) for seed in range(1, MEMBERS + 1)
+        member(f"uncertainty_{kind}{seed}_{steps}", seed, steps, system)
+        for seed in range(1, MEMBERS[system.name] + 1)
     ]
 
 
@@ -106,17 +140,23 @@ def test(models: list[Path], files: list[Path], name: str) -> dict:
     return json.loads(report.read_text())
 
 
-def ranking(steps: int, jobs: int) -> list[dict]:
-    """Train the members; test the ensembles of the first 2, 4 and 8 on both test files."""
-    runs = members(steps)
+def ranking(steps: int, jobs: int, system: System = SI64) -> list[dict]:
+    """Train the members; test the ensembles of the first 2, 4 and 8 on each test file."""
+    runs = members(steps, system)
     perform_each(runs, jobs)
+    kind = "" if system is SI64 else f"{system.name}_"
     rows = []
-    for size in ENSEMBLES:
+    for size in (size for size in ENSEMBLES if size <= len(runs)):
         models = [model(run) for run in runs[:size]]
-        for role, path in TESTS.items():
-            figures = test(models, [path], f"ranking_{size}_{role}_{steps}")["overall"]
-            rows.append({**figures, "models": size, "test": role})
+        for role, path in TESTS[system.name].items():
+            figures = test(models, [path], f"ranking_{kind}{size}_{role}_{steps}")["overall"]
+            rows.append({**figures, "models": size, "system": system.name, "test": role})
     return rows
+
+
+def water(steps: int, jobs: int) -> list[dict]:
+    """``ranking`` for water."""
+    return ranking(steps, jobs, WATER)
 
 
 def points(steps: int, jobs: int) -> list[dict]:
@@ -133,8 +173,9 @@ def points(steps: int, jobs: int) -> list[dict]:
         name = f"uncertainty_uniform{count}_{steps}"
         runs["uniform", count] = member(name, 1, steps, points=count)
     for count in POINTS:
+        # "weighted": the runs named "selected" took the largest deviations without weights
         runs["selected", count] = member(
-            f"uncertainty_selected{count}_{steps}", 1, steps, points=count, convert_options=chosen
+            f"uncertainty_weighted{count}_{steps}", 1, steps, points=count, convert_options=chosen
         )
     perform_each(list(runs.values()), jobs)
     return [
@@ -193,7 +234,7 @@ def result(run: Run) -> dict:
     return json.loads((UNCERTAINTY_RESULTS / f"{run.name}.json").read_text())
 
 
-EXPERIMENTS = {"ranking": ranking, "points": points, "structures": structures}
+EXPERIMENTS = {"ranking": ranking, "water": water, "points": points, "structures": structures}
 
 
 def cost(runs: list[Run]) -> str:
@@ -214,19 +255,21 @@ def table(steps: int) -> str:
     lines = []
     path = UNCERTAINTY_RESULTS / f"experiments_{steps}.json"
     found = json.loads(path.read_text()) if path.exists() else {}
-    if "ranking" in found:
-        runs = members(steps)
+    rankings = [*found.get("ranking", []), *found.get("water", [])]
+    if rankings:
         lines += [
-            "| models | test | MAE of the mean (e/Å^3) | mean deviation (e/Å^3) | Spearman "
-            "| training (CPU min) | prediction (s) |",
-            "|---|---|---|---|---|---|---|",
+            "| trained on | models | test | MAE of the mean (e/Å^3) | mean deviation (e/Å^3) "
+            "| Spearman | training (CPU min) | prediction (s) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        for row in found["ranking"]:
+        for row in rankings:
+            system = SYSTEMS[row.get("system", SI64.name)]
+            runs = members(steps, system)[: row["models"]]
             deviation = row["deviation"]
             lines.append(
-                f"| {row['models']} | {row['test']} | {row['mae']:.3e} "
+                f"| {system.name} | {row['models']} | {row['test']} | {row['mae']:.3e} "
                 f"| {deviation['mean_deviation']:.3e} | {deviation['spearman']:.3f} "
-                f"| {cost(runs[: row['models']])} |"
+                f"| {cost(runs)} |"
             )
         lines.append("")
     if "points" in found:
