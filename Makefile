@@ -24,6 +24,7 @@ JOBS ?= 2
 
 benchmarks: $(VENV)/.installed
 	$(PYTHON) benchmarks/data/make_densities.py --systems si64 si64us --snapshots 6
+	$(PYTHON) benchmarks/data/make_densities.py --systems si64hot
 	$(PYTHON) benchmarks/data/make_densities.py --systems alslab --snapshots 4
 	$(PYTHON) benchmarks/data/make_densities.py --systems almg32 asi64 water32 --snapshots 3
 	$(PYTHON) benchmarks/data/make_densities.py --systems si216 almg108 water64
@@ -33,7 +34,7 @@ benchmarks: $(VENV)/.installed
 	$(PYTHON) benchmarks/step_cost.py --variants exclude_real --allocators glibc glibc_tuned tcmalloc --steps 800
 	$(PYTHON) benchmarks/baseline_ablation.py --runs overhead screen budget loss optimiser width schedule --table
 	$(PYTHON) benchmarks/budget.py --jobs $(JOBS) --table
-	$(PYTHON) benchmarks/uncertainty.py --experiments ranking points structures --jobs $(JOBS) --table
+	$(PYTHON) benchmarks/uncertainty.py --experiments ranking water points structures --jobs $(JOBS) --table
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
