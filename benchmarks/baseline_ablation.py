@@ -30,6 +30,7 @@ import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +154,8 @@ class Alone:
         Real elements in model order.
     sel
         The template's se_e2_a ``sel``, the grid type last.
+    angular
+        Baselines with the power spectrum (``lmax``) fitted besides the radial ones.
     """
 
     name: str
@@ -160,13 +163,31 @@ class Alone:
     test: Path
     elements: tuple[str, ...]
     sel: tuple[int, ...]
+    angular: tuple[dict, ...] = ()
 
+
+RADIAL = ({"basis": 8}, {"basis": 16, "rcut": 5.0})
+"""The radial baselines fitted alone for every case."""
 
 ALONE = (
-    Alone("si64", SI64_TRAIN, SI64_TEST, ("Si",), (72, 0)),
+    Alone(
+        "si64",
+        SI64_TRAIN,
+        SI64_TEST,
+        ("Si",),
+        (72, 0),
+        # 1,240 and 558 features
+        ({"basis": 16, "rcut": 5.0, "lmax": 8}, {"basis": 12, "rcut": 5.0, "lmax": 6}),
+    ),
     # PAW (Quantum ESPRESSO), one structure: the test is every grid point of the same one
     Alone(
-        "h2o8_paw", DATA / "CHGCAR_H2O8_qe.gz", DATA / "CHGCAR_H2O8_qe.gz", ("O", "H"), (48, 96, 0)
+        "h2o8_paw",
+        DATA / "CHGCAR_H2O8_qe.gz",
+        DATA / "CHGCAR_H2O8_qe.gz",
+        ("O", "H"),
+        (48, 96, 0),
+        # two elements: 16 channels, 968 features
+        ({"basis": 8, "rcut": 5.0, "lmax": 6},),
     ),
 )
 
@@ -183,7 +204,7 @@ def baseline_alone(case: Alone, options: dict) -> dict[str, float]:
         the baseline plus the mean remainder over every grid point of the test density,
         e/Å^3.
     """
-    baseline, sel = Baseline(**options), list(case.sel)
+    baseline = Baseline(**options)
     folder = RUNS / "baseline_alone" / case.name
     folder.mkdir(parents=True, exist_ok=True)
     sets = {}
@@ -196,28 +217,38 @@ def baseline_alone(case: Alone, options: dict) -> dict[str, float]:
             command = [tool("dpcharge"), "convert", str(path), "-o", str(output), "-q", *extra]
             command += ["--type-map", *case.elements]
             subprocess.run(command, check=True)
-        features, density = [], []
-        for system in sorted(path.parent for path in output.glob("*/type.raw")):
-            types = np.loadtxt(system / "type.raw", dtype=int)
-            grid = types == len(case.elements)
-            for frames in sorted(system.glob("set.*")):
-                coords, boxes = np.load(frames / "coord.npy"), np.load(frames / "box.npy")
-                density.append(np.load(frames / "atom_ener.npy")[:, grid].ravel())
-                for coord, box in zip(coords, boxes, strict=True):
-                    features.append(baseline_features(coord, box, types, sel, baseline))
-        sets[role] = np.concatenate(features), np.concatenate(density)
-    features, density = sets["train"]
+        sets[role] = output
+    features, density = zip(*frame_features(sets["train"], case, baseline), strict=True)
+    features, density = np.concatenate(features), np.concatenate(density)
     coefficients = fit_baseline(features, density)
     remainder = density - features @ coefficients
-    test_features, test_density = sets["test"]
-    error = test_features @ coefficients + remainder.mean() - test_density
+    # the whole test grid frame by frame: its features would not fit in memory at once
+    absolute_error, test_density = [], []
+    for test_features, density_at_points in frame_features(sets["test"], case, baseline):
+        error = test_features @ coefficients + remainder.mean() - density_at_points
+        absolute_error.append(np.abs(error))
+        test_density.append(density_at_points)
+    absolute_error, test_density = np.concatenate(absolute_error), np.concatenate(test_density)
     return {
+        "features": len(coefficients),
         "train_density_std": float(density.std()),
         "train_remainder_std": float(remainder.std()),
-        "test_mae": float(np.abs(error).mean()),
+        "test_mae": float(absolute_error.mean()),
         "test_density_mean": float(test_density.mean()),
         "test_points": int(test_density.size),
     }
+
+
+def frame_features(data: Path, case: Alone, baseline: Baseline) -> Iterator[tuple[np.ndarray, ...]]:
+    """Yield the baseline features and the density (e/Å^3) at the grid points of each frame."""
+    for system in sorted(path.parent for path in data.glob("*/type.raw")):
+        types = np.loadtxt(system / "type.raw", dtype=int)
+        grid = types == len(case.elements)
+        for frames in sorted(system.glob("set.*")):
+            coords, boxes = np.load(frames / "coord.npy"), np.load(frames / "box.npy")
+            labels = np.load(frames / "atom_ener.npy")
+            for coord, box, label in zip(coords, boxes, labels, strict=True):
+                yield baseline_features(coord, box, types, list(case.sel), baseline), label[grid]
 
 
 def table() -> str:
@@ -263,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     perform_each([ablation_run(*run) for run in runs], args.jobs)
     if args.alone:
         for case in ALONE:
-            for options in ({"basis": 8}, {"basis": 16, "rcut": 5.0}):
+            for options in (*RADIAL, *case.angular):
                 print(case.name, options, baseline_alone(case, options), flush=True)
     if args.table:
         print(table())

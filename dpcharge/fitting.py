@@ -39,6 +39,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from itertools import product
+from math import factorial
 from typing import Any
 
 import numpy as np
@@ -117,16 +118,80 @@ def grid_mask(natoms: tf.Tensor, ntypes: int) -> tf.Tensor:
     return tf.cast(tf.range(natoms[0]) >= nreal, GLOBAL_TF_FLOAT_PRECISION)
 
 
+MAX_LMAX = 12
+"""Highest angular order the baseline accepts (the recurrences stay exact well beyond)."""
+
+
+def real_harmonics(x: Any, y: Any, z: Any, lmax: int, stack: Any) -> Any:
+    """Return the real orthonormal spherical harmonics ``Y_lm`` of unit vectors, l <= ``lmax``.
+
+    Each ``Y_lm`` is written as the homogeneous polynomial of degree ``l`` in ``x, y, z``
+    that equals it on the unit sphere (``(x + iy)^m`` times a Legendre polynomial in ``z``
+    and ``x^2 + y^2 + z^2``, by the standard recurrences), so the same code runs on numpy
+    arrays and TensorFlow tensors, and the zero vector gives 0 for every ``l >= 1``.
+
+    Parameters
+    ----------
+    x, y, z
+        Components of the unit vectors (numpy arrays or tensors of one shape).
+    lmax
+        Highest degree.
+    stack
+        ``np.stack`` or ``tf.stack``.
+
+    Returns
+    -------
+    array or tensor
+        Shape (..., (lmax + 1)^2), ordered by ``l``, then ``m = 0, 1, -1, 2, -2, ...``;
+        orthonormal over the unit sphere.
+    """
+    r2 = x * x + y * y + z * z
+    one = r2 * 0.0 + 1.0
+    cos_m, sin_m = [one], [one * 0.0]  # real and imaginary parts of (x + iy)^m
+    for _ in range(lmax):
+        cos_m, sin_m = (
+            [*cos_m, x * cos_m[-1] - y * sin_m[-1]],
+            [*sin_m, x * sin_m[-1] + y * cos_m[-1]],
+        )
+    legendre = {}  # legendre[l, m]: P_l^m(z) / sin^m(theta), homogeneous of degree l - m
+    for m in range(lmax + 1):
+        legendre[m, m] = float(np.prod(np.arange(1, 2 * m, 2))) * one
+        if m < lmax:
+            legendre[m + 1, m] = (2 * m + 1) * z * legendre[m, m]
+        for degree in range(m + 2, lmax + 1):
+            legendre[degree, m] = (
+                (2 * degree - 1) * z * legendre[degree - 1, m]
+                - (degree + m - 1) * r2 * legendre[degree - 2, m]
+            ) / (degree - m)
+    harmonics = []
+    for degree in range(lmax + 1):
+        harmonics.append(float(np.sqrt((2 * degree + 1) / (4 * np.pi))) * legendre[degree, 0])
+        for m in range(1, degree + 1):
+            ratio = factorial(degree - m) / factorial(degree + m)
+            norm = float(np.sqrt((2 * degree + 1) / (2 * np.pi) * ratio))
+            harmonics += [norm * legendre[degree, m] * cos_m[m]]
+            harmonics += [norm * legendre[degree, m] * sin_m[m]]
+    return stack(harmonics, -1)
+
+
 @dataclass(frozen=True)
 class Baseline:
-    """The atomic-density baseline: a sum of radial functions over the real neighbours.
+    """The atomic-density baseline: a linear model of the neighbour density around a grid point.
 
-    Each real element ``t`` has a radial function ``f_t(r) = sum_k c_tk phi_k(r)`` on the basis
-    ``phi_k(r) = exp(-r^2 / (2 s_k^2)) (1 - r^2 / rcut^2)^2`` for ``r < rcut`` (0 beyond), with
-    widths ``s_k`` on a geometric ladder from ``width_min`` to ``width_max``. The basis is finite
-    at the nucleus and goes to 0 with its derivative at ``rcut``. The baseline at a grid point
-    is ``sum_j f_{t_j}(r_j)`` over the real atoms ``j`` the descriptor lists as its neighbours;
-    the network learns the density minus the baseline.
+    Each real element ``t`` has the radial basis
+    ``phi_k(r) = exp(-r^2 / (2 s_k^2)) (1 - r^2 / rcut^2)^2`` for ``r < rcut`` (0 beyond),
+    with widths ``s_k`` on a geometric ladder from ``width_min`` to ``width_max``; it is
+    finite at the nucleus and goes to 0 with its derivative at ``rcut``. Over the real atoms
+    ``j`` the descriptor lists as neighbours of a grid point, the features are
+
+    - the radial sums ``sum_j phi_k(r_j)`` of each element (a superposition of spherical
+      atomic densities), and, when ``lmax`` is set,
+    - the power spectrum ``p^l_AB = sum_m c_A,lm c_B,lm`` for ``l = 0 .. lmax`` and every
+      pair ``A <= B`` of (element, k), with ``c_(t,k),lm = sum_(j of element t) phi_k(r_j)
+      Y_lm(r_j / |r_j|)`` (SOAP's rotation-invariant neighbour density, truncated at ``l``).
+
+    The baseline is a linear combination of the features (and a constant), fitted by least
+    squares to the training densities; the network learns the density minus it.
 
     Attributes
     ----------
@@ -136,6 +201,8 @@ class Baseline:
         Cutoff radius of the radial functions, Å (at most the descriptor's).
     width_min, width_max
         Narrowest and widest Gaussian, Å.
+    lmax
+        Highest angular order of the power spectrum; None: radial sums only.
     trainable
         Train the coefficients with the network, or keep the least-squares fit.
     """
@@ -144,6 +211,7 @@ class Baseline:
     rcut: float = 4.0
     width_min: float = 0.2
     width_max: float = 2.5
+    lmax: int | None = None
     trainable: bool = False
 
     def __post_init__(self) -> None:
@@ -157,6 +225,10 @@ class Baseline:
             )
         if self.rcut <= 0:
             raise InputError(f"rcut must be positive, got {self.rcut} Å", "baseline")
+        if self.lmax is not None and not 0 <= self.lmax <= MAX_LMAX:
+            raise InputError(
+                f"lmax must be from 0 to {MAX_LMAX} (or absent), got {self.lmax}", "baseline"
+            )
 
     @property
     def widths(self) -> np.ndarray:
@@ -168,6 +240,15 @@ class Baseline:
         r2 = np.minimum(squared_distances, self.rcut**2)[..., None]
         cutoff = (1.0 - r2 / self.rcut**2) ** 2
         return np.exp(-r2 / (2.0 * self.widths**2)) * cutoff
+
+    def pairs(self, elements: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return the channel pairs ``A <= B`` of the power spectrum (channel = (t, k))."""
+        return np.triu_indices(elements * self.basis)
+
+    def n_features(self, elements: int) -> int:
+        """Return the number of features with ``elements`` real elements."""
+        angular = 0 if self.lmax is None else (self.lmax + 1) * len(self.pairs(elements)[0])
+        return elements * self.basis + angular
 
 
 def baseline_neighbours(descrpt: Any, ntypes: int, rcut: float) -> list[int]:
@@ -203,9 +284,14 @@ def baseline_neighbours(descrpt: Any, ntypes: int, rcut: float) -> list[int]:
 
 
 def baseline_features(
-    coord: np.ndarray, box: np.ndarray, types: np.ndarray, sel: list[int], baseline: Baseline
+    coord: np.ndarray,
+    box: np.ndarray,
+    types: np.ndarray,
+    sel: list[int],
+    baseline: Baseline,
+    chunk: int = 2048,
 ) -> np.ndarray:
-    """Return the basis sums at the grid points of one periodic frame.
+    """Return the baseline's features at the grid points of one periodic frame.
 
     Like the descriptor, each grid point keeps at most its ``sel[t]`` nearest atoms of
     element ``t``.
@@ -222,12 +308,15 @@ def baseline_features(
         Neighbours kept per type (the descriptor's ``sel``), the grid type last.
     baseline
         The basis.
+    chunk
+        Grid points handled at once (bounds the memory).
 
     Returns
     -------
     np.ndarray
-        ``sum_j phi_k(r_j)`` over the neighbours of element ``t``, shape
-        (ngrid, (len(sel) - 1) * basis), ordered (t, k).
+        Shape (ngrid, ``baseline.n_features(len(sel) - 1)``): the radial sums
+        ``sum_j phi_k(r_j)`` ordered (t, k), then the power spectrum ``p^l_AB``
+        ordered (l, pair) when ``baseline.lmax`` is set (see `Baseline`).
     """
     cell = np.reshape(box, (3, 3))
     wrapped = (np.reshape(coord, (-1, 3)) @ np.linalg.inv(cell)) % 1.0 @ cell
@@ -237,22 +326,87 @@ def baseline_features(
     reach = np.ceil(baseline.rcut / plane_spacing).astype(int)
     shifts = np.array(list(product(*(range(-n, n + 1) for n in reach)))) @ cell
     points = wrapped[types == len(sel) - 1]
-    features = np.zeros((len(points), len(sel) - 1, baseline.basis))
+    trees = {}
     for element, count in enumerate(sel[:-1]):
         atoms = wrapped[types == element]
-        if count == 0 or len(atoms) == 0 or len(points) == 0:
-            continue
-        images = (atoms[None, :, :] + shifts[:, None, :]).reshape(-1, 3)
-        distances, _ = cKDTree(images).query(points, k=count, distance_upper_bound=baseline.rcut)
-        distances = np.reshape(distances, (len(points), count))
-        features[:, element] = baseline.radial(distances**2).sum(axis=1)
-    return features.reshape(len(points), -1)
+        if count > 0 and len(atoms) > 0:
+            images = (atoms[None, :, :] + shifts[:, None, :]).reshape(-1, 3)
+            trees[element] = (cKDTree(images), images)
+    features = np.zeros((len(points), baseline.n_features(len(sel) - 1)))
+    for start in range(0, len(points), chunk):
+        centres = points[start : start + chunk]
+        radial, angular = [], []
+        for element, count in enumerate(sel[:-1]):
+            if element not in trees:
+                radial.append(np.zeros((len(centres), count, baseline.basis)))
+                angular.append(np.zeros((len(centres), count, 3)))
+                continue
+            tree, images = trees[element]
+            distances, index = tree.query(centres, k=count, distance_upper_bound=baseline.rcut)
+            distances = np.reshape(distances, (len(centres), count))
+            index = np.reshape(index, (len(centres), count))
+            listed = np.isfinite(distances)
+            vectors = images[np.where(listed, index, 0)] - centres[:, None, :]
+            radial.append(baseline.radial(distances**2))
+            angular.append(np.where(listed[..., None], vectors, 0.0))
+        features[start : start + chunk] = neighbour_features(
+            np.concatenate(radial, axis=1), np.concatenate(angular, axis=1), sel, baseline, np
+        )
+    return features
+
+
+def neighbour_features(phi: Any, rij: Any, sel: list[int], baseline: Baseline, xp: Any) -> Any:
+    """Return the baseline's features from the radial basis and vectors of listed neighbours.
+
+    One formula for numpy (`baseline_features`) and the graph (`graph_baseline_features`).
+
+    Parameters
+    ----------
+    phi
+        Radial basis of each neighbour, 0 for padding, shape [npoints, sum(sel), basis].
+    rij
+        Neighbour minus grid-point positions, Å, shape [npoints, sum(sel), 3].
+    sel
+        Neighbours per type in the list, grouped by type, the grid type last.
+    baseline
+        The basis.
+    xp
+        ``numpy`` or ``tf``.
+
+    Returns
+    -------
+    array or tensor
+        Shape [npoints, ``baseline.n_features(len(sel) - 1)``].
+    """
+    concat = getattr(xp, "concat", None) or xp.concatenate
+    gather = getattr(xp, "gather", None) or xp.take
+    starts = np.cumsum([0, *sel])
+    blocks = [slice(starts[t], starts[t + 1]) for t in range(len(sel) - 1)]
+    features = [xp.einsum("nja->na", phi[:, block]) for block in blocks]
+    if baseline.lmax is None:
+        return concat(features, 1)
+    r2 = xp.einsum("njx,njx->nj", rij, rij)
+    length = xp.sqrt(xp.where(r2 > 0, r2, r2 * 0.0 + 1.0))
+    harmonics = real_harmonics(
+        *(rij[..., axis] / length for axis in range(3)), baseline.lmax, xp.stack
+    )
+    density = concat(
+        [xp.einsum("nja,njy->nay", phi[:, block], harmonics[:, block]) for block in blocks], 1
+    )  # [npoints, channels, (lmax + 1)^2]: the neighbour density's expansion
+    channels = (len(sel) - 1) * baseline.basis
+    first, second = baseline.pairs(len(sel) - 1)
+    pairs = first * channels + second
+    for degree in range(baseline.lmax + 1):
+        part = density[:, :, degree**2 : (degree + 1) ** 2]
+        spectrum = xp.reshape(xp.einsum("nay,nby->nab", part, part), [-1, channels**2])
+        features.append(gather(spectrum, pairs, axis=1))
+    return concat(features, 1)
 
 
 def graph_baseline_features(
     nlist: tf.Tensor, rij: tf.Tensor, sel: list[int], baseline: Baseline
 ) -> tf.Tensor:
-    """Return the basis sums of every local atom from the descriptor's neighbour list.
+    """Return the baseline's features of every local atom from the descriptor's neighbour list.
 
     The graph twin of `baseline_features`.
 
@@ -271,7 +425,7 @@ def graph_baseline_features(
     Returns
     -------
     tf.Tensor
-        Shape [nframes * nloc, (len(sel) - 1) * basis], ordered (t, k), in ``rij``'s precision.
+        Shape [nframes * nloc, ``baseline.n_features(len(sel) - 1)``], in ``rij``'s precision.
     """
     nnei = sum(sel)
     rij = tf.reshape(rij, [-1, nnei, 3])
@@ -281,9 +435,7 @@ def graph_baseline_features(
     r2 = r2[:, :, None]
     widths = tf.constant(baseline.widths, r2.dtype)
     phi = tf.exp(-r2 / (2.0 * tf.square(widths))) * tf.square(1.0 - r2 / baseline.rcut**2)
-    starts = np.cumsum([0, *sel])
-    sums = [tf.reduce_sum(phi[:, starts[t] : starts[t + 1]], axis=1) for t in range(len(sel) - 1)]
-    return tf.concat(sums, axis=1)
+    return neighbour_features(phi, rij, sel, baseline, tf)
 
 
 def stat_frames(all_stat: dict) -> Iterator[tuple[np.ndarray, ...]]:
@@ -318,12 +470,18 @@ def stat_frames(all_stat: dict) -> Iterator[tuple[np.ndarray, ...]]:
                 )
 
 
+POINTS_PER_FEATURE = 10
+"""Fewest grid points per baseline feature the least-squares fit accepts."""
+
+
 def fit_baseline(
     features: np.ndarray, density: np.ndarray, weight: np.ndarray | None = None
 ) -> np.ndarray:
     """Fit the baseline coefficients to densities by linear least squares (float64).
 
-    The fit has a constant term, so the coefficients do not absorb the mean density.
+    The fit has a constant term, so the coefficients do not absorb the mean density. Columns
+    are scaled to unit root mean square before solving, so features of very different sizes
+    (radial sums and power spectra) are resolved alike; no regularisation.
 
     Parameters
     ----------
@@ -341,8 +499,10 @@ def fit_baseline(
     """
     root = np.ones(len(density)) if weight is None else np.sqrt(weight)
     design = np.column_stack([features, np.ones(len(density))]) * root[:, None]
-    solution, *_ = np.linalg.lstsq(design, density * root, rcond=None)
-    return solution[:-1]
+    scale = np.sqrt(np.mean(np.square(design), axis=0))
+    scale[scale == 0] = 1.0
+    solution, *_ = np.linalg.lstsq(design / scale, density * root, rcond=None)
+    return (solution / scale)[:-1]
 
 
 def weighted_std(values: np.ndarray, weight: np.ndarray) -> float:
@@ -418,7 +578,7 @@ class DensityFitting(EnerFitting):
         self.grid_type = ntypes - 1
         self.density_scale = 1.0
         self.baseline_coefficients = np.zeros(
-            (ntypes - 1, self.baseline.basis if self.baseline else 0), dtype=np.float64
+            self.baseline.n_features(ntypes - 1) if self.baseline else 0, dtype=np.float64
         )
         self.stats_from_labels = False
 
@@ -563,9 +723,21 @@ class DensityFitting(EnerFitting):
         remainder = density
         if self.baseline is not None:
             features = np.concatenate(features)
+            # DeePMD-kit's statistics batches repeat frames when the data hold fewer
+            distinct = len(np.unique(features, axis=0))
+            if distinct < POINTS_PER_FEATURE * features.shape[1]:
+                raise InputError(
+                    f"the baseline has {features.shape[1]} features, but the statistics "
+                    f"batches hold only {distinct} distinct grid points: a least-squares fit "
+                    f"needs at least {POINTS_PER_FEATURE} per feature; raise the model's "
+                    "data_stat_nbatch (batches of training frames used for statistics; "
+                    "frames repeat when the training data hold fewer), or lower the "
+                    "baseline's basis or lmax",
+                    "baseline",
+                )
             coefficients = fit_baseline(features, density, weight)
             remainder = density - features @ coefficients
-            self.baseline_coefficients = coefficients.reshape(self.ntypes - 1, -1)
+            self.baseline_coefficients = coefficients
             log.info(
                 "baseline fitted to %d grid points: density std %.6g, remainder std %.6g e/Å^3",
                 density.size,

@@ -37,7 +37,8 @@ _DOC_BASELINE = (
     "Atomic-density baseline: per real element a radial function, the sum of `basis` "
     "Gaussians exp(-r^2/(2 s_k^2)) with widths s_k on a geometric ladder from `width_min` "
     "to `width_max` (Å), times (1 - r^2/rcut^2)^2 inside `rcut`; the baseline at a grid "
-    "point is the sum of its real neighbours' functions. Its coefficients are fitted by "
+    "point is the sum of its real neighbours' functions, plus, with `lmax`, a linear "
+    "function of the power spectrum of their angular distribution. Its coefficients are fitted by "
     "least squares to the training densities when the output statistics are computed; the "
     "network learns the density minus the baseline, scaled by the remainder's mean and "
     "standard deviation. The frozen graph's output stays the density. Absent: no baseline."
@@ -56,6 +57,17 @@ def _baseline_args() -> list[Argument]:
         ),
         Argument("width_min", float, optional=True, default=0.2, doc="Narrowest Gaussian, Å."),
         Argument("width_max", float, optional=True, default=2.5, doc="Widest Gaussian, Å."),
+        Argument(
+            "lmax",
+            [int, type(None)],
+            optional=True,
+            default=None,
+            doc="Highest angular order l of the neighbour density's power spectrum (SOAP: "
+            "sum over m of c_A,lm c_B,lm for every pair of (element, radial function)), "
+            "added to the radial sums as features of the linear fit; (lmax + 1) * C (C + 1) / 2 "
+            "more features with C = elements * basis, each needing 10 statistics points "
+            "(data_stat_nbatch). Absent or null: radial sums only.",
+        ),
         Argument(
             "trainable",
             bool,

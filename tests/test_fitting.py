@@ -36,6 +36,7 @@ from dpcharge.fitting import (
     baseline_features,
     graph_baseline_features,
     grid_sees_grid,
+    real_harmonics,
 )
 
 TEMPLATE_NAMES = sorted(path.name for path in TEMPLATES.glob("*.json"))
@@ -468,15 +469,17 @@ def numpy_features(frames, sel, baseline):
     )
 
 
-@pytest.mark.parametrize("sel", [[48, 0], [10, 0]])
-def test_graph_baseline_features_equal_the_numpy_ones(si8_frames, sel):
+@pytest.mark.parametrize(("sel", "lmax"), [([48, 0], None), ([10, 0], None), ([48, 0], 4)])
+def test_graph_baseline_features_equal_the_numpy_ones(si8_frames, sel, lmax):
     from deepmd.common import make_default_mesh
     from deepmd.tf.env import GLOBAL_TF_FLOAT_PRECISION, tf
 
     coords, cells, types, _ = si8_frames
-    baseline = Baseline(**BASELINE)
+    baseline = Baseline(**BASELINE, lmax=lmax)
     expected = numpy_features(si8_frames, sel, baseline)
-    # sel 10 keeps fewer Si than lie within 4.5 Å of some points (4 + 12 + 12 shells)
+    # sel 10 keeps fewer Si than lie within 4.5 Å of some points (4 + 12 + 12 shells): the
+    # radial sums do not depend on which of equally distant atoms are kept, the angular
+    # features do, so those are compared with every neighbour listed
     with tf.Graph().as_default(), tf.Session() as sess:
         descrpt = se_e2_a_5(sel)
         inputs = {
@@ -508,14 +511,50 @@ def test_graph_baseline_features_equal_the_numpy_ones(si8_frames, sel):
     np.testing.assert_allclose(computed, expected, rtol=1e-12, atol=1e-14)
 
 
-def fitted_statistics(frames, densities, weights=None):
-    """A density fitting with the baseline whose output statistics come from ``frames``
+def test_real_harmonics_obey_the_addition_theorem_and_vanish_at_the_origin():
+    from scipy.special import eval_legendre
+
+    rng = np.random.default_rng(0)
+    u, v = (
+        vectors / np.linalg.norm(vectors, axis=1)[:, None]
+        for vectors in rng.normal(size=(2, 300, 3))
+    )
+    lmax = 10
+    yu, yv = (real_harmonics(*vectors.T, lmax, np.stack) for vectors in (u, v))
+    assert yu.shape == (300, (lmax + 1) ** 2)
+    for degree in range(lmax + 1):
+        block = slice(degree**2, (degree + 1) ** 2)
+        # sum_m Y_lm(u) Y_lm(v) = (2l + 1) / (4 pi) P_l(u . v): orthonormal and complete in l
+        expected = (2 * degree + 1) / (4 * np.pi) * eval_legendre(degree, np.sum(u * v, axis=1))
+        np.testing.assert_allclose(
+            np.sum(yu[:, block] * yv[:, block], axis=1), expected, atol=1e-13
+        )
+    zero = real_harmonics(np.zeros(1), np.zeros(1), np.zeros(1), lmax, np.stack)
+    assert zero[0, 0] == pytest.approx(1 / np.sqrt(4 * np.pi)) and np.all(zero[0, 1:] == 0)
+
+
+def test_angular_features_do_not_change_when_the_frame_is_rotated(si8_frames):
+    from scipy.spatial.transform import Rotation
+
+    coords, cells, types, _ = si8_frames
+    baseline = Baseline(**BASELINE, lmax=6)
+    rotation = Rotation.random(random_state=3).as_matrix()
+    coord, cell = coords[0].reshape(-1, 3), cells[0].reshape(3, 3)
+    features = baseline_features(coord, cell, types, [48, 0], baseline)
+    rotated = baseline_features(coord @ rotation.T, cell @ rotation.T, types, [48, 0], baseline)
+    angular = features[:, baseline.basis :]
+    assert angular.shape[1] == 7 * 21 and np.abs(angular).max() > 0.1
+    np.testing.assert_allclose(rotated, features, rtol=0, atol=1e-12 * np.abs(features).max())
+
+
+def fitted_statistics(frames, densities, weights=None, baseline=BASELINE):
+    """A density fitting with the ``baseline`` whose output statistics come from ``frames``
     labelled with ``densities`` (and ``weights``)."""
     coords, cells, types, _ = frames
     descrpt = se_e2_a_5([48, 0])
     fitting = Fitting(
         type="density", ntypes=2, dim_descrpt=descrpt.get_dim_out(), descrpt=descrpt,
-        baseline=BASELINE,
+        baseline=baseline,
     )  # fmt: skip
     all_stat = {
         "coord": [[coords]],
@@ -558,6 +597,67 @@ def test_baseline_fit_recovers_a_density_made_of_known_radial_functions(si8_fram
     )
     assert fitting.bias_atom_e.tolist() == [0.0, pytest.approx(offset, abs=tolerance)]
     assert fitting.density_scale < 1e-10  # e/Å^3: nothing is left for the network
+
+
+def test_baseline_fit_recovers_an_anisotropic_density_from_the_power_spectrum(si8_frames):
+    coords, cells, types, _ = si8_frames
+    baseline = Baseline(**BASELINE, lmax=2)
+    rcut, widths = baseline.rcut, baseline.widths
+    radial_coefficients = np.array([0.9, -0.6, 0.4, 0.08, -0.02, 0.005])  # e/Å^3
+    dipole, channel = 0.07, 2  # e/Å^3 per |sum_j phi_2(r_j) r_j / |r_j||^2
+    shifts = np.array(np.meshgrid(*[[-1, 0, 1]] * 3)).reshape(3, -1).T
+    densities = []
+    for coord, cell in zip(coords, cells, strict=True):
+        cell = cell.reshape(3, 3)
+        coord = coord.reshape(-1, 3)
+        images = (coord[types == 0][None] + (shifts @ cell)[:, None]).reshape(-1, 3)
+        vectors = images[None] - coord[:, None]
+        r2 = np.sum(vectors**2, axis=-1)[..., None]
+        radial = np.exp(-r2 / (2 * widths**2)) * np.clip(1 - r2 / rcut**2, 0, None) ** 2
+        units = vectors / np.sqrt(np.maximum(r2, 1e-300))
+        polarisation = np.sum(radial[..., channel : channel + 1] * units, axis=1)
+        density = (radial @ radial_coefficients).sum(axis=1) + dipole * np.sum(polarisation**2, 1)
+        densities.append(np.where(types == 1, density, 0.0))
+    fitting = fitted_statistics(si8_frames, np.stack(densities), baseline=asdict(baseline))
+    # |sum_j phi r_j / |r_j||^2 = 4 pi / 3 sum_m c_1m^2: only the l = 1 spectrum of channel 2
+    expected = np.zeros(baseline.n_features(1))
+    expected[: baseline.basis] = radial_coefficients
+    first, second = baseline.pairs(1)
+    pair = np.flatnonzero((first == channel) & (second == channel))[0]
+    expected[baseline.basis + len(first) + pair] = dipole * 4 * np.pi / 3
+    features = numpy_features(si8_frames, [48, 0], baseline).reshape(-1, len(expected))
+    design = np.column_stack([features, np.ones(len(features))])
+    rms = np.sqrt(np.mean(design**2, axis=0))
+    # the fit solves for each feature's contribution (coefficient times column size, e/Å^3):
+    # float64 least squares gets those right to cond * eps of the largest
+    tolerance = 10 * np.linalg.cond(design / rms) * np.finfo(np.float64).eps
+    assert tolerance < 1e-4  # overlapping Gaussians: cond ~ 5e9
+    contribution = expected * rms[:-1]
+    np.testing.assert_allclose(
+        fitting.baseline_coefficients * rms[:-1],
+        contribution,
+        rtol=0,
+        atol=tolerance * np.abs(contribution).max(),
+    )
+    assert fitting.density_scale < 1e-9  # e/Å^3: nothing is left for the network
+
+
+def test_a_baseline_with_more_features_than_its_statistics_can_fit_is_refused(si8_frames):
+    coords, cells, types, labels = si8_frames  # 10 frames of 200 grid points
+    # DeePMD-kit's statistics batches cycle through the frames: 20,000 rows, 2,000 points
+    repeated = (np.tile(coords, (10, 1)), np.tile(cells, (10, 1)), types, None)
+    with pytest.raises(InputError, match="raise the model's data_stat_nbatch") as error:
+        fitted_statistics(
+            repeated,
+            np.tile(labels, (10, 1)),
+            baseline={**BASELINE, "basis": 8, "lmax": 8},
+        )
+    assert error.value.parameter == "baseline"
+    message = str(error.value)
+    assert "has 332 features" in message and "at least 10 per feature" in message
+    # symmetry-equivalent points of the Si8 crystal have the same features
+    distinct = int(message.split("hold only ")[1].split()[0])
+    assert 1900 < distinct <= 2000
 
 
 def test_weighted_points_count_in_the_statistics_as_repeated_points(si8_frames):
@@ -609,11 +709,12 @@ def test_baseline_options_have_defaults_and_old_inputs_have_no_baseline():
 
 @pytest.fixture(scope="module")
 def baseline_model(density_model, tmp_path_factory):
-    """The shared small model's input and data with a trainable baseline, trained 200 steps."""
+    """The shared small model's input and data with a trainable angular baseline (lmax 2),
+    trained 200 steps."""
     folder = tmp_path_factory.mktemp("baseline_model")
     (folder / "data").symlink_to(density_model.data)
     config = small_model_input(seed=1)
-    config["model"]["fitting_net"]["baseline"] = {**BASELINE, "trainable": True}
+    config["model"]["fitting_net"]["baseline"] = {**BASELINE, "lmax": 2, "trainable": True}
     config["training"].update(numb_steps=200, save_freq=200)
     return train_and_freeze(folder, config)
 
@@ -649,9 +750,9 @@ def test_baseline_model_serializes_its_coefficients_and_compresses(baseline_mode
     from deepmd.tf.utils.serialization import serialize_from_file
 
     fitting = serialize_from_file(str(baseline_model))["model"]["fitting"]
-    assert fitting["baseline"] == {**BASELINE, "trainable": True}
+    assert fitting["baseline"] == {**BASELINE, "lmax": 2, "trainable": True}
     coefficients = fitting["@variables"]["baseline_coefficients"]
-    assert coefficients.shape == (1, BASELINE["basis"]) and np.all(coefficients != 0)
+    assert coefficients.shape == (6 + 3 * 21,) and np.all(coefficients != 0)
     # the baseline explains most of the Si8 density: the network learns a smaller remainder
     assert fitting["@variables"]["density_scale"] < 0.3 * 0.138
     rebuilt = Fitting.deserialize(fitting)
