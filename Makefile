@@ -32,7 +32,7 @@ benchmarks: $(VENV)/.installed
 	$(PYTHON) benchmarks/accuracy.py --report
 	$(PYTHON) benchmarks/step_cost.py --variants template exclude_real --allocators glibc tcmalloc --table
 	$(PYTHON) benchmarks/step_cost.py --variants exclude_real --allocators glibc glibc_tuned tcmalloc --steps 800
-	$(PYTHON) benchmarks/baseline_ablation.py --runs overhead screen budget loss optimiser width schedule --table
+	$(PYTHON) benchmarks/baseline_ablation.py --runs overhead screen budget loss optimiser width schedule --alone --table
 	$(PYTHON) benchmarks/budget.py --jobs $(JOBS) --table
 	$(PYTHON) benchmarks/uncertainty.py --experiments ranking water points structures --jobs $(JOBS) --table
 

@@ -243,9 +243,15 @@ def training_input(run: Run, steps: int) -> dict:
         model["descriptor"]["sel"] = [*run.system.sel, 0]
     # every run starts from the paper's protocol, whatever the templates say: its rate and loss,
     # no baseline, the embedding of every pair computed; a run's settings change these
-    config["learning_rate"].update(start_lr=1e-3, stop_lr=1e-5, decay_steps=max(steps // 20, 1))
+    config["learning_rate"] = {
+        "type": "exp",
+        "start_lr": 1e-3,
+        "stop_lr": 1e-5,
+        "decay_steps": max(steps // 20, 1),
+    }
     config["loss"] = {"type": "density"}
     model["fitting_net"].pop("baseline", None)
+    model.pop("data_stat_nbatch", None)
     model["descriptor"].pop("exclude_types", None)
     training = config["training"]
     training.pop("validation_data", None)

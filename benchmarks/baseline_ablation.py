@@ -176,8 +176,12 @@ ALONE = (
         SI64_TEST,
         ("Si",),
         (72, 0),
-        # 1,240 and 558 features
-        ({"basis": 16, "rcut": 5.0, "lmax": 8}, {"basis": 12, "rcut": 5.0, "lmax": 6}),
+        # 1,240, 558 and 2,330 features
+        (
+            {"basis": 16, "rcut": 5.0, "lmax": 8},
+            {"basis": 12, "rcut": 5.0, "lmax": 6},
+            {"basis": 20, "rcut": 5.0, "lmax": 10},
+        ),
     ),
     # PAW (Quantum ESPRESSO), one structure: the test is every grid point of the same one
     Alone(

@@ -114,6 +114,7 @@ RUNS = {
         # the angular baseline: 0.078 CPU s a step on Si64 (2.4x), its fit explains the most
         *(angular_run(SYSTEMS[name], 2_000) for name in ("si64", "si64us", "almg32", "alslab")),
         angular_run(SYSTEMS["water32"], 2_000),
+        angular_run(SYSTEMS["water32"], 20_000),
         angular_run(SYSTEMS["asi64"], 2_000, seeds=(1, 2)),
         # 30 CPU minutes, to set beside DeepDFT's at equal time
         angular_run(SI64, 20_000),

@@ -26,9 +26,11 @@ they have no fitting network, and the loss never sees them.
   of the density) instead of from ``energy`` labels, which density data lack.
 - `Baseline` (``fitting_net.baseline``, optional): an atomic-density baseline
   inside the graph, a sum over the descriptor's real neighbours of per-element
-  radial functions on a Gaussian basis, fitted by least squares to the training
-  densities (`baseline_features` in numpy, `graph_baseline_features` in the
-  graph); the network learns the density minus it.
+  radial functions on a Gaussian basis and, with ``lmax``, a linear function of
+  the power spectrum of their angular distribution (SOAP), fitted by least squares
+  to the training densities (`baseline_features` in numpy, `graph_baseline_features`
+  in the graph, one expression `neighbour_features` for both); the network learns
+  the density minus it.
 
 The input schemas of the three types are in `dpcharge.schema`.
 """
@@ -537,7 +539,7 @@ class DensityFitting(EnerFitting):
         Must be None: spin models are not supported.
     baseline
         Options of `Baseline` (``basis``, ``rcut``, ``width_min``, ``width_max``,
-        ``trainable``); None: no baseline.
+        ``lmax``, ``trainable``); None: no baseline.
     **kwargs
         Options of DeePMD-kit's energy fitting (neuron, resnet_dt, precision,
         activation_function, seed, trainable, numb_fparam, numb_aparam).
@@ -731,8 +733,8 @@ class DensityFitting(EnerFitting):
                     f"batches hold only {distinct} distinct grid points: a least-squares fit "
                     f"needs at least {POINTS_PER_FEATURE} per feature; raise the model's "
                     "data_stat_nbatch (batches of training frames used for statistics; "
-                    "frames repeat when the training data hold fewer), or lower the "
-                    "baseline's basis or lmax",
+                    "frames repeat when the training data hold fewer), train on more grid "
+                    "points, or lower the baseline's basis or lmax",
                     "baseline",
                 )
             coefficients = fit_baseline(features, density, weight)

@@ -93,8 +93,9 @@ def small_model_input(seed: int) -> dict:
     # the paper's fitting and loss: tests read the shared models' statistics as the density's
     # mean and spread; the baseline and the loss functions have their own models in test_fitting
     del config["model"]["fitting_net"]["baseline"]
+    del config["model"]["data_stat_nbatch"]
     config["loss"] = {"type": "density"}
-    config["learning_rate"].update(start_lr=5e-3, stop_lr=3e-4, decay_steps=50)
+    config["learning_rate"] = {"type": "exp", "start_lr": 5e-3, "stop_lr": 3e-4, "decay_steps": 50}
     config["training"].update(
         training_data={"systems": "data/train", "batch_size": 2},
         validation_data={"systems": "data/valid", "batch_size": 1, "numb_btch": 4},
