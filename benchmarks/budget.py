@@ -66,14 +66,23 @@ def new_run(
     return Run(name, "budget", system, seeds, points, settings, steps, allocator=variant.allocator)
 
 
-def angular_run(system: System, steps: int, seeds: tuple[int, ...] = (1,)) -> Run:
-    """Return ``<system>_angular_<steps>``: the cosine run with the angular baseline."""
-    run = new_run(system, "cosine", steps, f"{system.name}_angular_{steps}", seeds)
+def angular_run(
+    system: System,
+    steps: int,
+    seeds: tuple[int, ...] = (1,),
+    variant: str = "",
+    changes: tuple[tuple[str, object], ...] = (),
+) -> Run:
+    """Return ``<system>_angular[_<variant>]_<steps>``: the cosine run with the angular
+    baseline, and ``changes`` to it."""
+    name = "_".join(part for part in (system.name, "angular", variant, str(steps)) if part)
+    run = new_run(system, "cosine", steps, name, seeds)
     baseline = ANGULAR[len(system.type_map)]
     settings = (
         *run.settings,
         ("model.fitting_net.baseline", baseline),
         ("model.data_stat_nbatch", STATISTICS_BATCHES),
+        *changes,
     )
     return replace(run, settings=settings)
 
@@ -116,6 +125,16 @@ RUNS = {
         angular_run(SYSTEMS["water32"], 2_000),
         angular_run(SYSTEMS["water32"], 20_000),
         angular_run(SYSTEMS["asi64"], 2_000, seeds=(1, 2)),
+        # the network on top learnt nothing with mae from 1e-2: mse from a tenth of the rate
+        angular_run(
+            SI64,
+            2_000,
+            variant="mse_lr1e-3",
+            changes=(
+                ("loss", {"type": "density"}),
+                ("learning_rate", {"type": "cosine", "start_lr": 1e-3, "stop_lr": 1e-5}),
+            ),
+        ),
         # 30 CPU minutes, to set beside DeepDFT's at equal time
         angular_run(SI64, 20_000),
     )

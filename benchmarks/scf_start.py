@@ -86,6 +86,13 @@ CASES = {
     for case in (
         Case("si64", md.SYSTEMS["si64"], (2, 3, 4, 5, 6), SI64_MODEL),
         Case("si64hot", md.SYSTEMS["si64hot"], (7,), SI64_MODEL),
+        # the angular baseline's model (docs/benchmarks.md, section 5): 3x less error
+        Case(
+            "si64angular",
+            md.SYSTEMS["si64"],
+            (2,),
+            "benchmarks/runs/si64_angular_2000/model.pb",
+        ),
         Case(
             "alslab",
             md.SYSTEMS["alslab"],
