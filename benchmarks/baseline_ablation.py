@@ -226,10 +226,11 @@ def baseline_alone(case: Alone, options: dict) -> dict[str, float]:
     features, density = np.concatenate(features), np.concatenate(density)
     coefficients = fit_baseline(features, density)
     remainder = density - features @ coefficients
+    offset = remainder.mean()
     # the whole test grid frame by frame: its features would not fit in memory at once
     absolute_error, test_density = [], []
     for test_features, density_at_points in frame_features(sets["test"], case, baseline):
-        error = test_features @ coefficients + remainder.mean() - density_at_points
+        error = test_features @ coefficients + offset - density_at_points
         absolute_error.append(np.abs(error))
         test_density.append(density_at_points)
     absolute_error, test_density = np.concatenate(absolute_error), np.concatenate(test_density)

@@ -34,6 +34,9 @@ POINTS = 100_000
 POINTS_PER_FRAME = 200
 """Grid points per training frame."""
 
+POINTS_PER_FEATURE = 10
+"""Fewest distinct grid points per baseline feature that its least-squares fit accepts."""
+
 CHUNK = 2000
 """Grid points per graph evaluation in prediction: bounds the memory."""
 

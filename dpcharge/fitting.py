@@ -56,7 +56,7 @@ from deepmd.tf.utils.sess import run_sess
 from deepmd.utils.data import DataRequirementItem
 from scipy.spatial import cKDTree
 
-from dpcharge.conventions import DENSITY, LABEL, WEIGHT
+from dpcharge.conventions import DENSITY, LABEL, POINTS_PER_FEATURE, WEIGHT
 from dpcharge.errors import InputError
 
 log = logging.getLogger("deepmd.dpcharge")
@@ -121,7 +121,7 @@ def grid_mask(natoms: tf.Tensor, ntypes: int) -> tf.Tensor:
 
 
 MAX_LMAX = 12
-"""Highest angular order the baseline accepts (the recurrences stay exact well beyond)."""
+"""Highest angular order the baseline accepts (the harmonics are tested to l = 10)."""
 
 
 def real_harmonics(x: Any, y: Any, z: Any, lmax: int, stack: Any) -> Any:
@@ -470,10 +470,6 @@ def stat_frames(all_stat: dict) -> Iterator[tuple[np.ndarray, ...]]:
                     np.reshape(labels[frame], shape),
                     np.ones(shape) if weight is None else np.reshape(weight[frame], shape),
                 )
-
-
-POINTS_PER_FEATURE = 10
-"""Fewest grid points per baseline feature the least-squares fit accepts."""
 
 
 def fit_baseline(

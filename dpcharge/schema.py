@@ -18,7 +18,7 @@ from deepmd.utils.argcheck import (
     model_args_plugin,
 )
 
-from dpcharge.conventions import DENSITY
+from dpcharge.conventions import DENSITY, POINTS_PER_FEATURE
 
 _FITTING_KEYS = (
     "numb_fparam",
@@ -65,8 +65,9 @@ def _baseline_args() -> list[Argument]:
             doc="Highest angular order l of the neighbour density's power spectrum (SOAP: "
             "sum over m of c_A,lm c_B,lm for every pair of (element, radial function)), "
             "added to the radial sums as features of the linear fit; (lmax + 1) * C (C + 1) / 2 "
-            "more features with C = elements * basis, each needing 10 statistics points "
-            "(data_stat_nbatch). Absent or null: radial sums only.",
+            "more features with C = elements * basis, each needing "
+            f"{POINTS_PER_FEATURE} distinct statistics points (data_stat_nbatch). Absent or "
+            "null: radial sums only.",
         ),
         Argument(
             "trainable",
