@@ -207,6 +207,11 @@ class Baseline:
         Highest angular order of the power spectrum; None: radial sums only.
     trainable
         Train the coefficients with the network, or keep the least-squares fit.
+    sel
+        Neighbours of each real element the baseline keeps, the nearest first (the
+        descriptor lists them by type and distance); None keeps the descriptor's ``sel``.
+        Fewer, covering only its own ``rcut``, make the baseline cheaper; a training
+        point with more within ``rcut`` is refused when the baseline is fitted.
     """
 
     basis: int = 8
@@ -215,6 +220,7 @@ class Baseline:
     width_max: float = 2.5
     lmax: int | None = None
     trainable: bool = False
+    sel: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.basis < 1:
@@ -231,6 +237,8 @@ class Baseline:
             raise InputError(
                 f"lmax must be from 0 to {MAX_LMAX} (or absent), got {self.lmax}", "baseline"
             )
+        if self.sel is not None and any(count < 0 for count in self.sel):
+            raise InputError(f"sel must count neighbours, 0 or more, got {self.sel}", "baseline")
 
     @property
     def widths(self) -> np.ndarray:
@@ -242,6 +250,23 @@ class Baseline:
         r2 = np.minimum(squared_distances, self.rcut**2)[..., None]
         cutoff = (1.0 - r2 / self.rcut**2) ** 2
         return np.exp(-r2 / (2.0 * self.widths**2)) * cutoff
+
+    def neighbours(self, sel: list[int]) -> list[int]:
+        """Return the neighbours per type the baseline keeps, the grid type (last) 0.
+
+        Parameters
+        ----------
+        sel
+            The descriptor's neighbours per type, the grid type last.
+        """
+        kept = list(sel[:-1]) if self.sel is None else list(self.sel)
+        if len(kept) != len(sel) - 1 or any(k > s for k, s in zip(kept, sel, strict=False)):
+            raise InputError(
+                f"sel {self.sel} must hold one count per real element, each at most the "
+                f"descriptor's sel {list(sel[:-1])}",
+                "baseline",
+            )
+        return [*kept, 0]
 
     def pairs(self, elements: int) -> tuple[np.ndarray, np.ndarray]:
         """Return the channel pairs ``A <= B`` of the power spectrum (channel = (t, k))."""
@@ -295,8 +320,8 @@ def baseline_features(
 ) -> np.ndarray:
     """Return the baseline's features at the grid points of one periodic frame.
 
-    Like the descriptor, each grid point keeps at most its ``sel[t]`` nearest atoms of
-    element ``t``.
+    Each grid point keeps its atoms of element ``t`` within the baseline's ``rcut``; the
+    graph keeps the nearest ``baseline.neighbours(sel)[t]``, so a point with more is refused.
 
     Parameters
     ----------
@@ -307,7 +332,7 @@ def baseline_features(
     types
         Type of each atom; the grid type is ``len(sel) - 1``.
     sel
-        Neighbours kept per type (the descriptor's ``sel``), the grid type last.
+        The descriptor's neighbours per type, the grid type last.
     baseline
         The basis.
     chunk
@@ -319,6 +344,11 @@ def baseline_features(
         Shape (ngrid, ``baseline.n_features(len(sel) - 1)``): the radial sums
         ``sum_j phi_k(r_j)`` ordered (t, k), then the power spectrum ``p^l_AB``
         ordered (l, pair) when ``baseline.lmax`` is set (see `Baseline`).
+
+    Raises
+    ------
+    InputError
+        If a grid point has more atoms of an element within ``rcut`` than the baseline keeps.
     """
     cell = np.reshape(box, (3, 3))
     wrapped = (np.reshape(coord, (-1, 3)) @ np.linalg.inv(cell)) % 1.0 @ cell
@@ -328,8 +358,9 @@ def baseline_features(
     reach = np.ceil(baseline.rcut / plane_spacing).astype(int)
     shifts = np.array(list(product(*(range(-n, n + 1) for n in reach)))) @ cell
     points = wrapped[types == len(sel) - 1]
+    kept = baseline.neighbours(sel)
     trees = {}
-    for element, count in enumerate(sel[:-1]):
+    for element, count in enumerate(kept[:-1]):
         atoms = wrapped[types == element]
         if count > 0 and len(atoms) > 0:
             images = (atoms[None, :, :] + shifts[:, None, :]).reshape(-1, 3)
@@ -338,21 +369,27 @@ def baseline_features(
     for start in range(0, len(points), chunk):
         centres = points[start : start + chunk]
         radial, angular = [], []
-        for element, count in enumerate(sel[:-1]):
+        for element, count in enumerate(kept[:-1]):
             if element not in trees:
                 radial.append(np.zeros((len(centres), count, baseline.basis)))
                 angular.append(np.zeros((len(centres), count, 3)))
                 continue
             tree, images = trees[element]
-            distances, index = tree.query(centres, k=count, distance_upper_bound=baseline.rcut)
-            distances = np.reshape(distances, (len(centres), count))
-            index = np.reshape(index, (len(centres), count))
+            distances, index = tree.query(centres, k=count + 1, distance_upper_bound=baseline.rcut)
+            if np.isfinite(distances[:, count]).any():
+                raise InputError(
+                    f"a grid point has more than {count} atoms of type {element} within "
+                    f"rcut {baseline.rcut} Å, and the baseline keeps only the nearest {count}: "
+                    "raise its sel (and the descriptor's if needed)",
+                    "baseline",
+                )
+            distances, index = distances[:, :count], index[:, :count]
             listed = np.isfinite(distances)
             vectors = images[np.where(listed, index, 0)] - centres[:, None, :]
             radial.append(baseline.radial(distances**2))
             angular.append(np.where(listed[..., None], vectors, 0.0))
         features[start : start + chunk] = neighbour_features(
-            np.concatenate(radial, axis=1), np.concatenate(angular, axis=1), sel, baseline, np
+            np.concatenate(radial, axis=1), np.concatenate(angular, axis=1), kept, baseline, np
         )
     return features
 
@@ -388,9 +425,9 @@ def neighbour_features(phi: Any, rij: Any, sel: list[int], baseline: Baseline, x
     if baseline.lmax is None:
         return concat(features, 1)
     r2 = xp.einsum("njx,njx->nj", rij, rij)
-    length = xp.sqrt(xp.where(r2 > 0, r2, r2 * 0.0 + 1.0))
+    inverse = 1.0 / xp.sqrt(xp.where(r2 > 0, r2, r2 * 0.0 + 1.0))
     harmonics = real_harmonics(
-        *(rij[..., axis] / length for axis in range(3)), baseline.lmax, xp.stack
+        *(rij[..., axis] * inverse for axis in range(3)), baseline.lmax, xp.stack
     )
     density = concat(
         [xp.einsum("nja,njy->nay", phi[:, block], harmonics[:, block]) for block in blocks], 1
@@ -406,38 +443,57 @@ def neighbour_features(phi: Any, rij: Any, sel: list[int], baseline: Baseline, x
 
 
 def graph_baseline_features(
-    nlist: tf.Tensor, rij: tf.Tensor, sel: list[int], baseline: Baseline
+    nlist: tf.Tensor,
+    rij: tf.Tensor,
+    sel: list[int],
+    baseline: Baseline,
+    nloc: tf.Tensor,
+    points: tf.Tensor,
 ) -> tf.Tensor:
-    """Return the baseline's features of every local atom from the descriptor's neighbour list.
+    """Return the baseline's features of the grid points from the descriptor's neighbour list.
 
-    The graph twin of `baseline_features`.
+    The graph twin of `baseline_features`. Only the last ``points`` local atoms of each
+    frame (the grid points: DeePMD-kit sorts local atoms by type, the grid type last) and
+    the first ``baseline.neighbours(sel)[t]`` neighbours of each type (the nearest) are used.
 
     Parameters
     ----------
     nlist
         Neighbour indices, -1 for padding, shape [nframes, nloc * nnei], grouped by type
-        in ``sel`` order (the descriptor's ``get_nlist``).
+        in ``sel`` order and sorted by distance within a type (the descriptor's ``get_nlist``).
     rij
         Neighbour minus centre positions, Å, shape [nframes, nloc * nnei * 3].
     sel
-        Neighbours per type in the list, the grid type last.
+        The descriptor's neighbours per type, the grid type last.
     baseline
         The basis.
+    nloc
+        Local atoms per frame.
+    points
+        Grid points per frame: the last local atoms.
 
     Returns
     -------
     tf.Tensor
-        Shape [nframes * nloc, ``baseline.n_features(len(sel) - 1)``], in ``rij``'s precision.
+        Shape [nframes * points, ``baseline.n_features(len(sel) - 1)``], in ``rij``'s
+        precision.
     """
     nnei = sum(sel)
-    rij = tf.reshape(rij, [-1, nnei, 3])
+    kept = baseline.neighbours(sel)
+    starts = np.cumsum([0, *sel])
+    columns = np.concatenate([np.arange(starts[t], starts[t] + n) for t, n in enumerate(kept)])
+    nlist = tf.reshape(nlist, [-1, nloc, nnei])[:, nloc - points :]
+    rij = tf.reshape(rij, [-1, nloc, nnei, 3])[:, nloc - points :]
+    if len(columns) < nnei:
+        nlist, rij = tf.gather(nlist, columns, axis=2), tf.gather(rij, columns, axis=2)
+    rij = tf.reshape(rij, [-1, len(columns), 3])
     r2 = tf.reduce_sum(tf.square(rij), axis=-1)
-    listed = tf.logical_and(tf.reshape(nlist, [-1, nnei]) >= 0, r2 < baseline.rcut**2)
+    listed = tf.logical_and(tf.reshape(nlist, [-1, len(columns)]) >= 0, r2 < baseline.rcut**2)
     r2 = tf.where(listed, r2, tf.fill(tf.shape(r2), tf.constant(baseline.rcut**2, r2.dtype)))
     r2 = r2[:, :, None]
     widths = tf.constant(baseline.widths, r2.dtype)
     phi = tf.exp(-r2 / (2.0 * tf.square(widths))) * tf.square(1.0 - r2 / baseline.rcut**2)
-    return neighbour_features(phi, rij, sel, baseline, tf)
+    return neighbour_features(phi, rij, kept, baseline, tf)
 
 
 def stat_frames(all_stat: dict) -> Iterator[tuple[np.ndarray, ...]]:
@@ -535,7 +591,7 @@ class DensityFitting(EnerFitting):
         Must be None: spin models are not supported.
     baseline
         Options of `Baseline` (``basis``, ``rcut``, ``width_min``, ``width_max``,
-        ``lmax``, ``trainable``); None: no baseline.
+        ``lmax``, ``trainable``, ``sel``); None: no baseline.
     **kwargs
         Options of DeePMD-kit's energy fitting (neuron, resnet_dt, precision,
         activation_function, seed, trainable, numb_fparam, numb_aparam).
@@ -570,7 +626,7 @@ class DensityFitting(EnerFitting):
             )
         self.baseline = Baseline(**baseline) if baseline is not None else None
         if self.baseline is not None and descrpt is not None:
-            baseline_neighbours(descrpt, ntypes, self.baseline.rcut)
+            self.baseline.neighbours(baseline_neighbours(descrpt, ntypes, self.baseline.rcut))
         super().__init__(ntypes, dim_descrpt, **kwargs)
         self.descriptor = descrpt
         self.grid_type = ntypes - 1
@@ -648,18 +704,20 @@ class DensityFitting(EnerFitting):
                 )
         outs = super().build(inputs, natoms, input_dict, reuse=reuse, suffix=suffix)
         if self.baseline is not None:
-            outs += tf.reshape(self._build_baseline(t_baseline), [-1])
+            outs += tf.reshape(self._build_baseline(t_baseline, natoms), [-1])
         outs = tf.reshape(outs, [-1, natoms[0]]) * grid_mask(natoms, self.ntypes)
         return tf.reshape(outs, [-1])
 
-    def _build_baseline(self, coefficients: tf.Tensor) -> tf.Tensor:
-        """Return the baseline (e/Å^3) of every local atom, shape [nframes * nloc, 1]."""
+    def _build_baseline(self, coefficients: tf.Tensor, natoms: tf.Tensor) -> tf.Tensor:
+        """Return the baseline (e/Å^3) of every local atom, 0 at real atoms, [nframes, nloc]."""
         if self.descriptor is None:
             raise InputError("needs the model's descriptor", "baseline")
         sel = baseline_neighbours(self.descriptor, self.ntypes, self.baseline.rcut)
         nlist, rij, *_ = self.descriptor.get_nlist()
-        features = graph_baseline_features(nlist, rij, sel, self.baseline)
-        return tf.matmul(features, tf.reshape(coefficients, [-1, 1]))
+        nloc, points = natoms[0], natoms[1 + self.ntypes]
+        features = graph_baseline_features(nlist, rij, sel, self.baseline, nloc, points)
+        values = tf.reshape(tf.matmul(features, tf.reshape(coefficients, [-1, 1])), [-1, points])
+        return tf.pad(values, [[0, 0], [nloc - points, 0]])
 
     def init_variables(self, graph: tf.Graph, graph_def: tf.GraphDef, suffix: str = "") -> None:
         """Take the variables, bias and scale from a frozen graph (dp compress, init).

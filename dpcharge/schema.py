@@ -77,6 +77,17 @@ def _baseline_args() -> list[Argument]:
             doc="Train the coefficients with the network (true) or keep the least-squares "
             "fit (false).",
         ),
+        Argument(
+            "sel",
+            [list[int], type(None)],
+            optional=True,
+            default=None,
+            doc="Neighbours of each real element the baseline keeps, the nearest first; "
+            "each at most the descriptor's sel. Enough to cover `rcut` makes the baseline "
+            "cheaper than the descriptor's full list (the cost of the angular features "
+            "grows with it); a training grid point with more neighbours within `rcut` is "
+            "refused when the baseline is fitted. Absent or null: the descriptor's sel.",
+        ),
     ]
 
 

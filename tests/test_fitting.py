@@ -10,6 +10,8 @@ from dataclasses import asdict
 import deepmd.tf  # noqa: F401  (loads the dpcharge plugin through its entry point)
 import numpy as np
 import pytest
+from ase import Atoms
+from ase.neighborlist import neighbor_list
 from conftest import (
     DATA,
     DP,
@@ -473,19 +475,33 @@ def numpy_features(frames, sel, baseline):
     )
 
 
-@pytest.mark.parametrize(("sel", "lmax"), [([48, 0], None), ([10, 0], None), ([48, 0], 4)])
-def test_graph_baseline_features_equal_the_numpy_ones(si8_frames, sel, lmax):
+def most_neighbours(frames, rcut):
+    """The most Si atoms any grid point of ``frames`` has within ``rcut`` (Å)."""
+    coords, cells, types, _ = frames
+    counts = []
+    for coord, cell in zip(coords, cells, strict=True):
+        cell = cell.reshape(3, 3)
+        atoms = Atoms("Si8", coord.reshape(-1, 3)[types == 0], cell=cell, pbc=True)
+        points = coord.reshape(-1, 3)[types == 1]
+        i, j = neighbor_list("ij", atoms + Atoms(f"H{len(points)}", points), rcut)
+        i = i[(i >= 8) & (j < 8)]
+        counts.append(np.bincount(i[i >= 8] - 8, minlength=len(points)))
+    return int(np.max(counts))
+
+
+@pytest.mark.parametrize(("sel", "kept", "lmax"), [(48, None, None), (48, None, 4), (48, -1, 4)])
+def test_graph_baseline_features_equal_the_numpy_ones(si8_frames, sel, kept, lmax):
     from deepmd.common import make_default_mesh
     from deepmd.tf.env import GLOBAL_TF_FLOAT_PRECISION, tf
 
     coords, cells, types, _ = si8_frames
-    baseline = Baseline(**BASELINE, lmax=lmax)
-    expected = numpy_features(si8_frames, sel, baseline)
-    # sel 10 keeps fewer Si than lie within 4.5 Å of some points (4 + 12 + 12 shells): the
-    # radial sums do not depend on which of equally distant atoms are kept, the angular
-    # features do, so those are compared with every neighbour listed
+    if kept is not None:  # the baseline keeps exactly as many as the most crowded point has
+        kept = [most_neighbours(si8_frames, BASELINE["rcut"])]
+        assert kept[0] < sel
+    baseline = Baseline(**BASELINE, lmax=lmax, sel=kept)
+    expected = numpy_features(si8_frames, [sel, 0], baseline)
     with tf.Graph().as_default(), tf.Session() as sess:
-        descrpt = se_e2_a_5(sel)
+        descrpt = se_e2_a_5([sel, 0])
         inputs = {
             "coord": tf.placeholder(GLOBAL_TF_FLOAT_PRECISION, [None]),
             "box": tf.placeholder(GLOBAL_TF_FLOAT_PRECISION, [None]),
@@ -497,9 +513,11 @@ def test_graph_baseline_features_equal_the_numpy_ones(si8_frames, sel, lmax):
             inputs["coord"], inputs["type"], inputs["natoms"], inputs["box"], inputs["mesh"], {}
         )
         nlist, rij, sel_a, _ = descrpt.get_nlist()
-        features = graph_baseline_features(nlist, rij, sel_a, baseline)
+        natoms = inputs["natoms"]
+        features = graph_baseline_features(nlist, rij, sel_a, baseline, natoms[0], natoms[3])
         sess.run(tf.global_variables_initializer())
         ngrid = int((types == 1).sum())
+        assert np.all(types[-ngrid:] == 1)  # DeePMD-kit's order: grid points last
         computed = sess.run(
             features,
             {
@@ -510,9 +528,18 @@ def test_graph_baseline_features_equal_the_numpy_ones(si8_frames, sel, lmax):
                 inputs["mesh"]: make_default_mesh(True, False),
             },
         )
-    computed = computed.reshape(len(coords), len(types), -1)[:, types == 1]
+    computed = computed.reshape(len(coords), ngrid, -1)
     assert np.all(computed[:, :, : baseline.basis].max(axis=1) > 0.1)  # every basis is seen
     np.testing.assert_allclose(computed, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_a_baseline_that_keeps_too_few_neighbours_is_refused(si8_frames):
+    crowded = most_neighbours(si8_frames, BASELINE["rcut"])
+    baseline = Baseline(**BASELINE, sel=[crowded - 1])
+    with pytest.raises(InputError, match=rf"more than {crowded - 1} atoms of type 0.*its sel"):
+        numpy_features(si8_frames, [48, 0], baseline)
+    with pytest.raises(InputError, match=r"at most the descriptor's sel \[48\]"):
+        Baseline(**BASELINE, sel=[49]).neighbours([48, 0])
 
 
 def test_real_harmonics_obey_the_addition_theorem_and_vanish_at_the_origin():
@@ -711,14 +738,18 @@ def test_baseline_options_have_defaults_and_old_inputs_have_no_baseline():
     assert options == {**asdict(Baseline()), "trainable": True}
 
 
+BASELINE_MODEL = {**BASELINE, "lmax": 2, "trainable": True, "sel": [40]}
+"""The baseline of the shared baseline model."""
+
+
 @pytest.fixture(scope="module")
 def baseline_model(density_model, tmp_path_factory):
-    """The shared small model's input and data with a trainable angular baseline (lmax 2),
-    trained 200 steps."""
+    """The shared small model's input and data with a trainable angular baseline (lmax 2)
+    that keeps 40 of the descriptor's 72 neighbours, trained 200 steps."""
     folder = tmp_path_factory.mktemp("baseline_model")
     (folder / "data").symlink_to(density_model.data)
     config = small_model_input(seed=1)
-    config["model"]["fitting_net"]["baseline"] = {**BASELINE, "lmax": 2, "trainable": True}
+    config["model"]["fitting_net"]["baseline"] = BASELINE_MODEL
     config["training"].update(numb_steps=200, save_freq=200)
     return train_and_freeze(folder, config)
 
@@ -754,7 +785,7 @@ def test_baseline_model_serializes_its_coefficients_and_compresses(baseline_mode
     from deepmd.tf.utils.serialization import serialize_from_file
 
     fitting = serialize_from_file(str(baseline_model))["model"]["fitting"]
-    assert fitting["baseline"] == {**BASELINE, "lmax": 2, "trainable": True}
+    assert fitting["baseline"] == BASELINE_MODEL
     coefficients = fitting["@variables"]["baseline_coefficients"]
     assert coefficients.shape == (6 + 3 * 21,) and np.all(coefficients != 0)
     # the baseline explains most of the Si8 density: the network learns a smaller remainder
