@@ -359,7 +359,7 @@ FE = QESettings(
     {"Fe": "Fe.pbe-nd-rrkjus.UPF"},
     ecutwfc=30.0,
     ecutrho=240.0,
-    smearing="gaussian",
+    smearing="mv",
     degauss=0.02,
     grid_spacing=0.095,
     mixing_beta=0.2,
@@ -367,10 +367,9 @@ FE = QESettings(
     functional=(
         "PBE (ultrasoft, 3d7 4s1: 8 valence electrons, nonlinear core correction; the cutoffs "
         "of QE's own Fe examples). The PAW set with 3s3p semicore (Fe.pbesol-spn-kjpaw_psl, 16 "
-        "electrons, 45/360 Ry) took 400 s of CPU per SCF iteration here, and was not used. With "
-        "Marzari-Vanderbilt smearing (0.02 Ry, beta 0.2; 0.04 Ry, beta 0.3) the SCF stalled "
-        "near 3e-5 Ry after 35 iterations, with these settings near 2.5e-3 Ry after 17: no Fe16 "
-        "density is computed yet (benchmarks/data/STATUS.md)"
+        "electrons, 45/360 Ry) took 400 s of CPU per SCF iteration here, and was not used. "
+        "Four earlier attempts stalled because pw.x had too few states for the majority spin "
+        "(see `bands`); with 0.8 N + 4 states the first test run converged in 36 iterations"
     ),
     density=(
         "pp.x plot_num=0 valence density INCLUDING the ultrasoft augmentation charges and "
@@ -548,6 +547,19 @@ def min_dense_grid(atoms: Atoms, ecutrho: float) -> tuple[int, int, int]:
     )
 
 
+def bands(valence_electrons: int, spin_polarised: bool) -> int:
+    """Return the Kohn-Sham states per spin channel pw.x computes (``nbnd``).
+
+    pw.x's default, ``1.2 * N / 2`` (N valence electrons), is too few for a strong ferromagnet
+    in a large cell: the majority channel of Fe16 (128 e, about 32 Bohr magnetons) holds about
+    80 electrons, so 80 states would all be full, occupations could not move, and the SCF
+    stalled (four attempts on 23 Nov 2026). Spin-polarised runs get ``0.8 N + 4``.
+    """
+    if spin_polarised:
+        return int(valence_electrons * 0.8) + 4
+    return int(valence_electrons / 2 * 1.2) + 4
+
+
 def pw_input(
     atoms: Atoms,
     settings: QESettings,
@@ -589,7 +601,7 @@ def pw_input(
             "occupations": "smearing",
             "smearing": settings.smearing,
             "degauss": settings.degauss,
-            "nbnd": int(nelec / 2 * 1.2) + 4,
+            "nbnd": bands(nelec, settings.starting_magnetization is not None),
             "nr1": grid[0],
             "nr2": grid[1],
             "nr3": grid[2],
