@@ -1,21 +1,30 @@
-"""Speed of whole-grid prediction: dpcharge's engine against DeePMD-kit's DeepPot.eval.
+"""Speed of whole-grid prediction: the whole command, its phases, DeePMD-kit's DeepPot.eval.
 
-Trains the paper-sized network of input_templates/si.json for a few steps (speed
-does not depend on accuracy) in float32 and float64 on the Si64 density of
-tests/data, then measures, each in its own process (for its peak memory):
+Trains ``input_templates/si.json`` (the paper's network and the angular baseline) for a few
+steps (speed does not depend on accuracy) in float32 (and float64 with ``--precisions``) on
+the Si64 density of tests/data, compresses it with ``dp compress`` (tabulated embedding), then
+measures, each in its own process (for its peak memory):
 
-- engine: dpcharge's DensityModel.predict_grid on the whole 72^3 grid of Si64;
-- deeppot-200 / deeppot-2000: DeepPot.eval(atomic=True) on frames of the 64 atoms
-  plus 200 or 2,000 grid points (the 200-point path is how the original Deep
-  Charge scripts predict), on a part of the grid, rate extrapolated;
-- si216: `dpcharge reassemble` of a Si216 cell (3x3x3 Si8, rattled) on a 108^3
-  grid (the spacing of the Si64 grid), wall time of the whole command.
+- command: the whole ``dpcharge reassemble model.pb CHGCAR -o CHGCAR_predicted`` on the Si64
+  structure (72^3 = 373,248 points), wall time of the process;
+- phases: the same work in one process, each phase timed: importing dpcharge's engine and
+  TensorFlow, loading the model, reading the structure, predicting (``predict_grid``, the
+  engine), writing the CHGCAR;
+- engine / engine-compressed: ``DeepDensity.predict_grid`` on the whole Si64 grid with the
+  model and with its compressed twin (model loading not included);
+- compression-error: both models on the whole Si64 grid, the largest and mean difference;
+- deeppot-200 / deeppot-2000: DeePMD-kit's ``DeepPot.eval(atomic=True)`` on frames of the
+  64 atoms plus 200 (how the original Deep Charge scripts predict) or 2,000 grid points, one
+  frame per call, on a part of the grid, rate extrapolated;
+- si216: ``dpcharge reassemble`` of a Si216 cell (3x3x3 Si8, rattled) on a 108^3 grid (the
+  spacing of the Si64 grid), wall time of the whole command.
 
-Each figure is printed with the machine load (`uptime`) at its end.
+Each figure is printed with the machine load (``uptime``) at its end.
 
 Usage::
 
     python benchmarks/reassemble_speed.py --workdir /tmp/bench [--threads 2] [--steps 10]
+    python benchmarks/reassemble_speed.py --workdir /tmp/bench --only command phases engine
 """
 
 from __future__ import annotations
@@ -34,6 +43,18 @@ SI64 = REPO / "tests" / "data" / "CHGCAR_Si64_gamma_qe.gz"
 SI8 = REPO / "tests" / "data" / "CHGCAR_Si8_qe.gz"
 DEEPPOT_POINTS = {200: 4_000, 2000: 10_000}
 """Grid points evaluated by each DeepPot.eval path (chunk size: points)."""
+KINDS = (
+    "command",
+    "phases",
+    "engine",
+    "engine-compressed",
+    "compression-error",
+    "deeppot-200",
+    "deeppot-2000",
+    "si216",
+)
+TRAINING_POINTS = 60_000
+"""Grid points converted for the few training steps: si.json's baseline fit needs 12,400."""
 
 
 def main() -> None:
@@ -41,44 +62,46 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--precisions", nargs="+", default=["float32"])
     parser.add_argument("--measure", nargs=2, metavar=("KIND", "MODEL"), help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--only",
-        nargs="+",
-        default=None,
-        help="kinds to run: engine deeppot-200 deeppot-2000 si216",
-    )
+    parser.add_argument("--only", nargs="+", choices=KINDS, default=KINDS, help="kinds to run")
     args = parser.parse_args()
     if args.measure:
         result = measure(*args.measure, args.threads)
-        # peak resident memory (Linux: kB) of this process, or of the dpcharge child for si216
-        who = resource.RUSAGE_CHILDREN if args.measure[0] == "si216" else resource.RUSAGE_SELF
+        # peak resident memory (Linux: kB) of this process, or of the dpcharge child
+        children = args.measure[0] in ("si216", "command")
+        who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
         result["peak_mb"] = resource.getrusage(who).ru_maxrss / 1024
         print(json.dumps(result))
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     models = {
-        precision: train(args.workdir, precision, args.steps)
-        for precision in ("float32", "float64")
+        precision: train(args.workdir, precision, args.steps) for precision in args.precisions
     }
-    kinds = args.only or ["engine", "deeppot-200", "deeppot-2000", "si216"]
-    print("| precision | path | points | seconds | points/s | peak RSS (MB) | load (1/5/15 min) |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| precision | path | points | seconds | points/s | peak RSS (MB) | load (1/5/15 min) "
+        "| details |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for precision, model in models.items():
-        for kind in kinds:
-            if kind == "si216" and precision == "float64":
-                continue
+        for kind in args.only:
             result = run_measurement(kind, model, args.threads)
+            details = ", ".join(
+                f"{key} {value:.3g}" for key, value in result.get("details", {}).items()
+            )
             print(
                 f"| {precision} | {kind} | {result['points']:,} | {result['seconds']:.1f} | "
                 f"{result['points'] / result['seconds']:,.0f} | {result['peak_mb']:.0f} | "
-                f"{load()} |",
+                f"{load()} | {details} |",
                 flush=True,
             )
 
 
 def train(workdir: Path, precision: str, steps: int) -> Path:
-    """Train si.json in the given precision for a few steps; return the frozen model."""
+    """Train si.json in the given precision for a few steps; return the frozen model.
+
+    Its compressed twin (``dp compress``) is ``compressed.pb`` beside it.
+    """
     folder = workdir / precision
     model = folder / "model.pb"
     if model.exists():
@@ -94,7 +117,7 @@ def train(workdir: Path, precision: str, steps: int) -> Path:
             "-o",
             folder / "data",
             "--points",
-            4000,
+            TRAINING_POINTS,
             "-q",
             "--force",
         ]
@@ -113,6 +136,10 @@ def train(workdir: Path, precision: str, steps: int) -> Path:
     dp = Path(sys.executable).parent / "dp"
     run([dp, "--tf", "train", "input.json"], cwd=folder)
     run([dp, "--tf", "freeze", "-o", "model.pb"], cwd=folder)
+    run(
+        [dp, "--tf", "compress", "-i", "model.pb", "-o", "compressed.pb", "-t", "input.json"],
+        folder,
+    )
     return model
 
 
@@ -139,6 +166,8 @@ def run_measurement(kind: str, model: Path, threads: int) -> dict:
 
 def measure(kind: str, model: str, threads: int) -> dict:
     """Time one prediction path in this process; return points and seconds."""
+    if kind == "phases":
+        return phases(model, threads)
     import numpy as np
 
     from dpcharge.chgcar import read_density
@@ -147,10 +176,36 @@ def measure(kind: str, model: str, threads: int) -> dict:
     from dpcharge.inference import DeepDensity
 
     atoms, density = read_density(SI64)
-    if kind == "engine":
-        engine = DeepDensity(model, workers=threads)
+    compressed = Path(model).parent / "compressed.pb"
+    if kind in ("engine", "engine-compressed"):
+        engine = DeepDensity(model if kind == "engine" else compressed, workers=threads)
         start = time.perf_counter()
         engine.predict_grid(atoms, density.shape)
+        return {"points": density.size, "seconds": time.perf_counter() - start}
+    if kind == "compression-error":
+        start = time.perf_counter()
+        full, tabulated = (
+            DeepDensity(path, workers=threads).predict_grid(atoms, density.shape)
+            for path in (model, compressed)
+        )
+        difference = np.abs(full - tabulated)
+        return {
+            "points": 2 * density.size,
+            "seconds": time.perf_counter() - start,
+            "details": {
+                "max |difference| e/Å^3": float(difference.max()),
+                "mean |difference| e/Å^3": float(difference.mean()),
+                "mean |density| e/Å^3": float(np.abs(full).mean()),
+            },
+        }
+    if kind == "command":
+        output = Path(model).parent / "CHGCAR_predicted"
+        output.unlink(missing_ok=True)
+        start = time.perf_counter()
+        run(
+            [sys.executable, "-m", "dpcharge", "reassemble", model, SI64, "-o", output,
+             "--threads", threads]
+        )  # fmt: skip
         return {"points": density.size, "seconds": time.perf_counter() - start}
     if kind.startswith("deeppot-"):
         from deepmd.infer import DeepPot
@@ -182,6 +237,36 @@ def measure(kind: str, model: str, threads: int) -> dict:
         )  # fmt: skip
         return {"points": 108**3, "seconds": time.perf_counter() - start}
     raise ValueError(kind)
+
+
+def phases(model: str, threads: int) -> dict:
+    """Do what ``dpcharge reassemble model CHGCAR`` does, timing each phase (this process)."""
+    start = time.perf_counter()
+    from dpcharge.chgcar import read_structure, write_chgcar
+    from dpcharge.inference import DeepDensity
+
+    times = {"import dpcharge": time.perf_counter() - start}
+    clock = time.perf_counter()
+    DeepDensity(model, workers=threads)  # the first also imports TensorFlow and DeePMD-kit
+    first = time.perf_counter() - clock
+    clock = time.perf_counter()
+    engine = DeepDensity(model, workers=threads)
+    times["load model"] = time.perf_counter() - clock
+    times["import TensorFlow, DeePMD-kit"] = first - times["load model"]
+    clock = time.perf_counter()
+    atoms = read_structure(SI64)
+    times["read structure"] = time.perf_counter() - clock
+    shape = (72, 72, 72)
+    clock = time.perf_counter()
+    density = engine.predict_grid(atoms, shape)
+    times["predict"] = time.perf_counter() - clock
+    output = Path(model).parent / "CHGCAR_phases"
+    output.unlink(missing_ok=True)
+    clock = time.perf_counter()
+    write_chgcar(output, atoms, density)
+    times["write CHGCAR"] = time.perf_counter() - clock
+    total = sum(times.values()) - times["load model"]  # the command loads the model once
+    return {"points": density.size, "seconds": total, "details": times}
 
 
 def run(command: list, cwd: Path | None = None, env: dict | None = None) -> str:

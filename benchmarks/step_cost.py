@@ -42,8 +42,15 @@ from accuracy import (
     training_input,
 )
 from baseline_ablation import FAST, FIXED8, OLD_TEMPLATE, Variant
+from budget import ANGULAR, STATISTICS_BATCHES
 
 FOLDER = RUNS / "step_cost"
+
+ANGULAR_SI = (
+    ("model.fitting_net.baseline", ANGULAR[1]),
+    ("model.data_stat_nbatch", STATISTICS_BATCHES),
+)
+"""The angular baseline of the budget runs (``budget.py``), one element."""
 
 BASE = OLD_TEMPLATE + FIXED8
 """The runs of docs/baseline.md: the template at start_lr 3e-3 with the fixed baseline."""
@@ -78,6 +85,12 @@ VARIANTS = {  # the allocator is chosen apart (--allocators): Variant.allocator 
     # needs se_e2_a's neighbour list; se_e3 cannot describe grid points in the TF backend
     # (a sel of 0 for the grid type divides by zero, and it has no exclude_types)
     "se_atten": Variant((("model.fitting_net.baseline", None), ("model.descriptor", SE_ATTEN))),
+    # the angular baseline of si.json with the descriptor's 72 neighbour slots, and with the
+    # 40 nearest (at most 33 Si lie within its 5 Å of a Si64 grid point)
+    "exclude_real_angular": Variant((*FAST, *ANGULAR_SI)),
+    "exclude_real_angular_sel40": Variant(
+        (*FAST, *ANGULAR_SI, ("model.fitting_net.baseline", {**ANGULAR[1], "sel": [40]}))
+    ),
 }
 
 
