@@ -594,6 +594,11 @@ def versions(python: Path) -> dict[str, str]:
     return json.loads(done.stdout)
 
 
+def relative(path: str) -> str:
+    """Return ``path`` relative to the repository (results name no machine's folders)."""
+    return Path(path).resolve().relative_to(ROOT.resolve()).as_posix()
+
+
 def run(args: argparse.Namespace) -> Path:
     """Train, test and write the run's result; return the result file."""
     for path in (args.train, args.test, venv_python(args.venv), args.deepdft / "runner.py"):
@@ -624,6 +629,9 @@ def run(args: argparse.Namespace) -> Path:
         },
         "hyperparameters": {
             **train["deepdft_arguments"],
+            # folders of this run, not this machine's paths
+            "output_dir": relative(train["deepdft_arguments"]["output_dir"]),
+            "dataset": relative(train["deepdft_arguments"]["dataset"]),
             "batch_structures": BATCH,
             "probes_per_structure": TRAIN_PROBES,
             "validation_probes": VALIDATION_PROBES,

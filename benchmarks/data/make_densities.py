@@ -369,7 +369,8 @@ FE = QESettings(
         "of QE's own Fe examples). The PAW set with 3s3p semicore (Fe.pbesol-spn-kjpaw_psl, 16 "
         "electrons, 45/360 Ry) took 400 s of CPU per SCF iteration here, and was not used. "
         "Four earlier attempts stalled because pw.x had too few states for the majority spin "
-        "(see `bands`); with 0.8 N + 4 states the first test run converged in 36 iterations"
+        "(see `bands`); with more (104 in a test run, 0.8 N + 4 = 106 for seeds 1 and 2) the "
+        "SCF converged in 33-36 iterations"
     ),
     density=(
         "pp.x plot_num=0 valence density INCLUDING the ultrasoft augmentation charges and "
