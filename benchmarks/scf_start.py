@@ -73,12 +73,15 @@ class Case:
         Default held-out seeds (seed 1 trained the model).
     model : str
         Frozen model, relative to the repository.
+    magnetization : str or None
+        Frozen magnetisation model of a spin-polarised system, relative to the repository.
     """
 
     name: str
     system: md.System
     seeds: tuple[int, ...]
     model: str
+    magnetization: str | None = None
 
 
 CASES = {
@@ -104,6 +107,14 @@ CASES = {
             md.SYSTEMS["almg32"],
             (2, 3),
             "benchmarks/runs/scf_almg32/model.pb",
+        ),
+        # spin-polarised: the density and magnetisation models of benchmarks/spin.py
+        Case(
+            "fe16",
+            md.SYSTEMS["fe16"],
+            (2,),
+            "benchmarks/runs/spin_fe16_angular_total/model.pb",
+            "benchmarks/runs/spin_fe16_angular_magnetization/model.pb",
         ),
     )
 }
@@ -196,10 +207,12 @@ def run_pw(folder: Path, text: str) -> tuple[dict[str, object], float, list[floa
     return parsed, wall, load
 
 
-def predict(folder: Path, model: str) -> tuple[float, float, str]:
+def predict(folder: Path, case: Case) -> tuple[float, float, str]:
     """Write ``folder/tmp/pw.save/charge-density.dat`` with dpcharge; return wall, CPU, log."""
-    command = [tool("dpcharge"), "reassemble", str(ROOT / model), "scf.in"]
+    command = [tool("dpcharge"), "reassemble", str(ROOT / case.model), "scf.in"]
     command += ["--format", "espresso", "--threads", "1", "--force"]
+    if case.magnetization is not None:
+        command += ["--magnetization", str(ROOT / case.magnetization)]
     wall, cpu = timed(command, folder, folder / "dpcharge.log")
     return wall, cpu, (folder / "dpcharge.log").read_text()
 
@@ -235,7 +248,7 @@ def start_both(case: Case, seed: int, force: bool) -> dict[str, object] | None:
     atoms, recipe = case.system.build(seed)
     settings, kpoints = case.system.settings, case.system.kpoints
     grid = md.fft_grid(atoms, settings)
-    text = md.pw_input(atoms, settings, kpoints, grid)
+    text = md.pw_input(atoms, settings, kpoints, grid, case.system.kpoint_shift)
     conv_thr = settings.conv_thr_per_8_atoms * len(atoms) / 8
     folder = WORK / f"{case.name}_seed{seed}"
     shutil.rmtree(folder, ignore_errors=True)
@@ -246,7 +259,7 @@ def start_both(case: Case, seed: int, force: bool) -> dict[str, object] | None:
     print(f"  atomic start: {atomic['iterations'][0]} iterations, {atomic_wall:.1f} s", flush=True)
     (folder / "predicted" / "scf.in").write_text(with_startingpot(text))
     predict_load = [round(x, 2) for x in os.getloadavg()]
-    predict_wall, predict_cpu, predict_log = predict(folder / "predicted", case.model)
+    predict_wall, predict_cpu, predict_log = predict(folder / "predicted", case)
     predicted, predicted_wall, predicted_load = run_pw(folder / "predicted", with_startingpot(text))
     print(
         f"  predicted start: {predicted['iterations'][0]} iterations, pw.x {predicted_wall:.1f} s"
@@ -265,8 +278,11 @@ def start_both(case: Case, seed: int, force: bool) -> dict[str, object] | None:
         "natoms": len(atoms),
         "structure_recipe": recipe,
         "model": case.model,
+        "magnetization_model": case.magnetization,
         "fft_grid": list(grid),
-        "kpoints": "gamma" if kpoints is None else f"MP {kpoints} unshifted",
+        "kpoints": "gamma"
+        if kpoints is None
+        else f"MP {kpoints} {'shifted' if case.system.kpoint_shift else 'unshifted'}",
         "conv_thr_Ry": conv_thr,
         "mixing_beta": settings.mixing_beta,
         "iterations_atomic": atomic["iterations"][0],
@@ -298,7 +314,8 @@ def start_both(case: Case, seed: int, force: bool) -> dict[str, object] | None:
         "pw_input_predicted": relative(with_startingpot(text)),
         "commands": [
             "nice -n 10 pw.x -in scf.in   # atomic start",
-            f"nice -n 10 dpcharge reassemble {case.model} scf.in --format espresso --threads 1",
+            f"nice -n 10 dpcharge reassemble {case.model} scf.in --format espresso --threads 1"
+            + ("" if case.magnetization is None else f" --magnetization {case.magnetization}"),
             "nice -n 10 pw.x -in scf.in   # with startingpot = 'file'",
         ],
         "host": {"machine": platform.machine(), "cpus": os.cpu_count()},
@@ -334,7 +351,8 @@ def loose_first_diagonalisation(case: Case, seed: int, threshold: float) -> dict
     record = json.loads(result.read_text())
     atoms, _ = case.system.build(seed)
     settings = case.system.settings
-    text = md.pw_input(atoms, settings, case.system.kpoints, md.fft_grid(atoms, settings))
+    grid = md.fft_grid(atoms, settings)
+    text = md.pw_input(atoms, settings, case.system.kpoints, grid, case.system.kpoint_shift)
     text = with_startingpot(text).replace(
         "startingpot = 'file'\n", f"startingpot = 'file'\n  diago_thr_init = {threshold:.0e}\n"
     )
@@ -342,7 +360,7 @@ def loose_first_diagonalisation(case: Case, seed: int, threshold: float) -> dict
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     (folder / "scf.in").write_text(text)
-    predict_wall, predict_cpu, _ = predict(folder, case.model)
+    predict_wall, predict_cpu, _ = predict(folder, case)
     parsed, wall, load = run_pw(folder, text)
     variant = {
         "iterations": parsed["iterations"][0],
@@ -525,7 +543,7 @@ def md_run(
         if (index + 1) % predict_every == 0:
             (here / "predicted").mkdir()
             (here / "predicted" / "scf.in").write_text(with_startingpot(step_text))
-            predict_wall, predict_cpu, _ = predict(here / "predicted", case.model)
+            predict_wall, predict_cpu, _ = predict(here / "predicted", case)
             predicted, predicted_wall, _ = run_pw(here / "predicted", with_startingpot(step_text))
             row.update(
                 iterations_predicted=predicted["iterations"][0],
