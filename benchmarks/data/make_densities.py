@@ -425,6 +425,16 @@ SYSTEMS: dict[str, System] = {
         System(
             "si64", lambda seed: si_crystal(2, seed), SI, list(range(1, 11)), "~20-60 s each, 72^3"
         ),
+        System(
+            "si64k",
+            lambda seed: si_crystal(2, seed),
+            SI,
+            list(range(1, 11)),
+            "si64 with k 2x2x2 shifted (si64 samples the 8-atom cell like a 2x2x2 grid at Gamma, "
+            "this like a 4x4x4), 72^3",
+            kpoints=(2, 2, 2),
+            kpoint_shift=True,
+        ),
         System("si64hot", si64_hot, SI, [7], "~20-60 s, 72^3 (out of distribution for si64)"),
         System(
             "si216",
