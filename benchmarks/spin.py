@@ -15,7 +15,7 @@ structures: MAE, RMSE, NMAE, R² of both components, the total moment (μB) pred
 and the error of each atom's moment (its Voronoi cell).
 
 Each model trains in ``benchmarks/runs/spin_fe16_<variant>_<component>/`` (not committed;
-finished steps are skipped); the figures go to ``benchmarks/results/spin_fe16_<variant>.json``
+finished steps are skipped); the figures go to ``benchmarks/results/spin/fe16_<variant>.json``
 and ``--table`` prints them as a Markdown table.
 
 Usage (one thread per training; ``--jobs 2`` trains both models at once)::
@@ -68,7 +68,7 @@ VARIANTS = {
 
 def result_file(variant: str) -> Path:
     """Return where the figures of a variant go."""
-    return RESULTS / f"spin_fe16_{variant}.json"
+    return RESULTS / "spin" / f"fe16_{variant}.json"
 
 
 def train(variant: str, component: str, steps: int) -> dict[str, float]:
