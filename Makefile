@@ -18,13 +18,15 @@ test: $(VENV)/.installed-test lint
 # Training steps per benchmark run: 100000 by default (about 16 h on 2 cores, see
 # docs/benchmarks.md); `make benchmarks STEPS=10000` is the budget of the committed results.
 # Densities: the snapshots the experiments use (Si64: 5 to train, 1 to test; the same Si64
-# structures with the ultrasoft pseudopotential, si64us), then the large cells.
+# structures with the ultrasoft pseudopotential, si64us; two of them with k-points, si64k),
+# then the large cells.
 STEPS ?= 100000
 JOBS ?= 2
 
 benchmarks: $(VENV)/.installed
 	$(PYTHON) benchmarks/data/make_densities.py --systems si64 si64us --snapshots 6
 	$(PYTHON) benchmarks/data/make_densities.py --systems si64hot
+	$(PYTHON) benchmarks/data/make_densities.py --systems si64k --seeds 1 6
 	$(PYTHON) benchmarks/data/make_densities.py --systems alslab --snapshots 4
 	$(PYTHON) benchmarks/data/make_densities.py --systems almg32 asi64 water32 --snapshots 3
 	$(PYTHON) benchmarks/data/make_densities.py --systems fe16 --snapshots 3
