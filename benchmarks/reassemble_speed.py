@@ -18,7 +18,10 @@ measures, each in its own process (for its peak memory):
   64 atoms plus 200 (how the original Deep Charge scripts predict) or 2,000 grid points, one
   frame per call, on a part of the grid, rate extrapolated;
 - si216: ``dpcharge reassemble`` of a Si216 cell (3x3x3 Si8, rattled) on a 108^3 grid (the
-  spacing of the Si64 grid), wall time of the whole command.
+  spacing of the Si64 grid), wall time of the whole command;
+- frames: the whole ``dpcharge reassemble model.pb frames.extxyz --frames :`` on four
+  rattled copies of the Si64 structure (72^3 each): the model loaded once, one CHGCAR per
+  frame; its wall time against ``command``'s gives the cost per extra frame.
 
 Each figure is printed with the machine load (``uptime``) at its end.
 
@@ -26,6 +29,7 @@ Usage::
 
     python benchmarks/reassemble_speed.py --workdir /tmp/bench [--threads 2] [--steps 10]
     python benchmarks/reassemble_speed.py --workdir /tmp/bench --only command phases engine
+    python benchmarks/reassemble_speed.py --workdir /tmp/bench --only command frames
 """
 
 from __future__ import annotations
@@ -53,7 +57,10 @@ KINDS = (
     "deeppot-200",
     "deeppot-2000",
     "si216",
+    "frames",
 )
+FRAMES = 4
+"""Structures of the ``frames`` measurement: one call predicts them all."""
 TRAINING_POINTS = 60_000
 """Grid points converted for the few training steps: si.json's baseline fit needs 12,400."""
 
@@ -70,7 +77,7 @@ def main() -> None:
     if args.measure:
         result = measure(*args.measure, args.threads)
         # peak resident memory (Linux: kB) of this process, or of the dpcharge child
-        children = args.measure[0] in ("si216", "command")
+        children = args.measure[0] in ("si216", "command", "frames")
         who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
         result["peak_mb"] = resource.getrusage(who).ru_maxrss / 1024
         print(json.dumps(result))
@@ -237,6 +244,26 @@ def measure(kind: str, model: str, threads: int) -> dict:
              Path(model).parent / "CHGCAR_Si216", "--grid", 108, 108, 108, "--threads", threads]
         )  # fmt: skip
         return {"points": 108**3, "seconds": time.perf_counter() - start}
+    if kind == "frames":
+        from ase.io import write
+
+        folder = Path(model).parent / "frames"
+        folder.mkdir(exist_ok=True)
+        frames = []
+        for seed in range(FRAMES):
+            frame = atoms.copy()
+            frame.rattle(0.05, seed=seed)
+            frames.append(frame)
+        trajectory = folder / "frames.extxyz"
+        write(trajectory, frames, format="extxyz")
+        for old in folder.glob("CHGCAR_*"):
+            old.unlink()
+        start = time.perf_counter()
+        run(
+            [sys.executable, "-m", "dpcharge", "reassemble", model, trajectory, "--frames", ":",
+             "-o", folder / "CHGCAR", "--grid", *density.shape, "--threads", threads]
+        )  # fmt: skip
+        return {"points": FRAMES * density.size, "seconds": time.perf_counter() - start}
     raise ValueError(kind)
 
 
