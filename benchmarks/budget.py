@@ -142,11 +142,15 @@ RUNS = {
         *(
             angular_run(
                 system,
-                2_000,
+                steps,
                 variant="sel40",
                 changes=(("model.fitting_net.baseline", {**ANGULAR[1], "sel": [40]}),),
             )
-            for system in (SI64, SYSTEMS["si64k"])
+            for system, steps in (
+                (SI64, 2_000),
+                (SYSTEMS["si64k"], 2_000),
+                (SYSTEMS["si64k"], 20_000),
+            )
         ),
     )
 }

@@ -21,7 +21,10 @@ measures, each in its own process (for its peak memory):
   spacing of the Si64 grid), wall time of the whole command;
 - frames: the whole ``dpcharge reassemble model.pb frames.extxyz --frames :`` on four
   rattled copies of the Si64 structure (72^3 each): the model loaded once, one CHGCAR per
-  frame; its wall time against ``command``'s gives the cost per extra frame.
+  frame; its wall time against ``command``'s gives the cost per extra frame;
+- chunk-profile: one 2,000-point chunk on one thread, TensorFlow's trace of the graph (the
+  fourth of four runs) summed into the embedding net, the environment matrix, the fitting net
+  and the rest (the baseline and the glue), and the time outside the graph.
 
 Each figure is printed with the machine load (``uptime``) at its end.
 
@@ -58,6 +61,7 @@ KINDS = (
     "deeppot-2000",
     "si216",
     "frames",
+    "chunk-profile",
 )
 FRAMES = 4
 """Structures of the ``frames`` measurement: one call predicts them all."""
@@ -264,7 +268,54 @@ def measure(kind: str, model: str, threads: int) -> dict:
              "-o", folder / "CHGCAR", "--grid", *density.shape, "--threads", threads]
         )  # fmt: skip
         return {"points": FRAMES * density.size, "seconds": time.perf_counter() - start}
+    if kind == "chunk-profile":
+        return chunk_profile(model, atoms, density.shape)
     raise ValueError(kind)
+
+
+def chunk_profile(model: str, atoms: object, shape: tuple[int, int, int]) -> dict:
+    """Time one chunk on one thread and split the graph's time by what its ops belong to."""
+    import numpy as np
+    import tensorflow as tf
+
+    from dpcharge.conventions import CHUNK
+    from dpcharge.grid import grid_points
+    from dpcharge.inference import DeepDensity
+
+    engine = DeepDensity(model, workers=1)
+    points = grid_points(atoms.get_cell().array, shape, np.arange(CHUNK))
+    graph = engine._graphs[0]  # the engine's own session, traced where it runs
+    untraced, traces = graph._session.run, []
+    options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
+
+    def traced(output: object, feed_dict: dict) -> object:
+        metadata = tf.compat.v1.RunMetadata()
+        result = untraced(output, feed_dict=feed_dict, options=options, run_metadata=metadata)
+        traces.append(metadata.step_stats)
+        return result
+
+    graph._session.run = traced
+    for _ in range(4):  # the first run builds TensorFlow's kernels
+        start = time.perf_counter()
+        engine.predict_points(atoms, points)
+        seconds = time.perf_counter() - start
+    parts = dict.fromkeys(("embedding", "environment", "fitting", "baseline and glue"), 0.0)
+    for device in traces[-1].dev_stats:
+        for node in device.node_stats:
+            name = node.node_name
+            part = (
+                "embedding"
+                if name.startswith("filter_type_")
+                else "environment"
+                if name.startswith("ProdEnvMat")
+                else "fitting"
+                if name.startswith(("layer_", "final_layer_"))
+                else "baseline and glue"
+            )
+            parts[part] += node.all_end_rel_micros / 1e3
+    details = {f"{part} ms": value for part, value in parts.items()}
+    details["outside the graph ms"] = seconds * 1e3 - sum(parts.values())
+    return {"points": len(points), "seconds": seconds, "details": details}
 
 
 def phases(model: str, threads: int) -> dict:
