@@ -28,9 +28,10 @@ they have no fitting network, and the loss never sees them.
   inside the graph, a sum over the descriptor's real neighbours of per-element
   radial functions on a Gaussian basis and, with ``lmax``, a linear function of
   the power spectrum of their angular distribution (SOAP), fitted by least squares
-  to the training densities (`baseline_features` in numpy, `graph_baseline_features`
-  in the graph, one expression `neighbour_features` for both); the network learns
-  the density minus it.
+  to the training densities (`baseline_features` in numpy for the fit,
+  `graph_baseline` in the graph, which contracts the spectrum with the fitted
+  coefficients without forming it; one expression `neighbour_density` for both); the
+  network learns the density minus it.
 
 The input schemas of the three types are in `dpcharge.schema`.
 """
@@ -391,15 +392,17 @@ def baseline_features(
             radial.append(baseline.radial(distances**2))
             angular.append(np.where(listed[..., None], vectors, 0.0))
         features[start : start + chunk] = neighbour_features(
-            np.concatenate(radial, axis=1), np.concatenate(angular, axis=1), kept, baseline, np
+            np.concatenate(radial, axis=1), np.concatenate(angular, axis=1), kept, baseline
         )
     return features
 
 
-def neighbour_features(phi: Any, rij: Any, sel: list[int], baseline: Baseline, xp: Any) -> Any:
-    """Return the baseline's features from the radial basis and vectors of listed neighbours.
+def neighbour_density(
+    phi: Any, rij: Any, sel: list[int], baseline: Baseline, xp: Any
+) -> tuple[Any, Any]:
+    """Return the radial sums and the angular expansion of the neighbour density.
 
-    One formula for numpy (`baseline_features`) and the graph (`graph_baseline_features`).
+    One formula for numpy (`baseline_features`) and the graph (`graph_baseline`).
 
     Parameters
     ----------
@@ -416,16 +419,17 @@ def neighbour_features(phi: Any, rij: Any, sel: list[int], baseline: Baseline, x
 
     Returns
     -------
-    array or tensor
-        Shape [npoints, ``baseline.n_features(len(sel) - 1)``].
+    radial
+        ``sum_j phi_k(r_j)`` per element, shape [npoints, elements * basis], ordered (t, k).
+    density
+        ``c_(t,k),lm``, shape [npoints, (lmax + 1)^2, elements * basis]; None without lmax.
     """
     concat = getattr(xp, "concat", None) or xp.concatenate
-    gather = getattr(xp, "gather", None) or xp.take
     starts = np.cumsum([0, *sel])
     blocks = [slice(starts[t], starts[t + 1]) for t in range(len(sel) - 1)]
-    features = [xp.einsum("nja->na", phi[:, block]) for block in blocks]
+    radial = concat([xp.einsum("nja->na", phi[:, block]) for block in blocks], 1)
     if baseline.lmax is None:
-        return concat(features, 1)
+        return radial, None
     r2 = xp.einsum("njx,njx->nj", rij, rij)
     inverse = 1.0 / xp.sqrt(xp.where(r2 > 0, r2, r2 * 0.0 + 1.0))
     # [npoints, (lmax + 1)^2, neighbours]: stacked inside each point, the layout the product
@@ -433,32 +437,51 @@ def neighbour_features(phi: Any, rij: Any, sel: list[int], baseline: Baseline, x
     harmonics = real_harmonics(
         *(rij[..., axis] * inverse for axis in range(3)), baseline.lmax, xp.stack, axis=1
     )
-    density = concat(
-        [xp.matmul(harmonics[:, :, block], phi[:, block]) for block in blocks], 2
-    )  # [npoints, (lmax + 1)^2, channels]: the neighbour density's expansion
-    channels = (len(sel) - 1) * baseline.basis
+    density = concat([xp.matmul(harmonics[:, :, block], phi[:, block]) for block in blocks], 2)
+    return radial, density
+
+
+def neighbour_features(phi: Any, rij: Any, sel: list[int], baseline: Baseline) -> np.ndarray:
+    """Return the baseline's features from the radial basis and vectors of listed neighbours.
+
+    Parameters
+    ----------
+    phi, rij, sel, baseline
+        As for `neighbour_density` (numpy arrays).
+
+    Returns
+    -------
+    np.ndarray
+        Shape [npoints, ``baseline.n_features(len(sel) - 1)``]: the radial sums, then the
+        power spectrum ``p^l_AB`` ordered (l, pair).
+    """
+    radial, density = neighbour_density(phi, rij, sel, baseline, np)
+    if density is None:
+        return radial
     first, second = baseline.pairs(len(sel) - 1)
-    pairs = first * channels + second
-    for degree in range(baseline.lmax + 1):
-        part = density[:, degree**2 : (degree + 1) ** 2]
-        spectrum = xp.reshape(xp.einsum("nya,nyb->nab", part, part), [-1, channels**2])
-        features.append(gather(spectrum, pairs, axis=1))
-    return concat(features, 1)
+    spectrum = [
+        np.einsum("nya,nyb->nab", part, part)[:, first, second]
+        for part in (density[:, d**2 : (d + 1) ** 2] for d in range(baseline.lmax + 1))
+    ]
+    return np.concatenate([radial, *spectrum], 1)
 
 
-def graph_baseline_features(
+def graph_baseline(
     nlist: tf.Tensor,
     rij: tf.Tensor,
     sel: list[int],
     baseline: Baseline,
     nloc: tf.Tensor,
     points: tf.Tensor,
+    coefficients: tf.Tensor,
 ) -> tf.Tensor:
-    """Return the baseline's features of the grid points from the descriptor's neighbour list.
+    """Return the baseline at the grid points from the descriptor's neighbour list.
 
-    The graph twin of `baseline_features`. Only the last ``points`` local atoms of each
-    frame (the grid points: DeePMD-kit sorts local atoms by type, the grid type last) and
-    the first ``baseline.neighbours(sel)[t]`` neighbours of each type (the nearest) are used.
+    The graph twin of ``baseline_features(...) @ coefficients``. Only the last ``points``
+    local atoms of each frame (the grid points: DeePMD-kit sorts local atoms by type, the
+    grid type last) and the first ``baseline.neighbours(sel)[t]`` neighbours of each type
+    (the nearest) are used. The power spectrum is never formed: with the coefficients of
+    ``p^l_AB`` (A <= B) as a symmetric matrix ``W_l``, its part is ``sum_m c_lm^T W_l c_lm``.
 
     Parameters
     ----------
@@ -475,11 +498,13 @@ def graph_baseline_features(
         Local atoms per frame.
     points
         Grid points per frame: the last local atoms.
+    coefficients
+        The coefficient of each feature, in ``baseline_features``'s order.
 
     Returns
     -------
     tf.Tensor
-        Shape [nframes * points, ``baseline.n_features(len(sel) - 1)``], in ``rij``'s
+        The baseline (e/Å^3, without the constant), shape [nframes * points], in ``rij``'s
         precision.
     """
     nnei = sum(sel)
@@ -497,7 +522,24 @@ def graph_baseline_features(
     r2 = r2[:, :, None]
     widths = tf.constant(baseline.widths, r2.dtype)
     phi = tf.exp(-r2 / (2.0 * tf.square(widths))) * tf.square(1.0 - r2 / baseline.rcut**2)
-    return neighbour_features(phi, rij, kept, baseline, tf)
+    radial, density = neighbour_density(phi, rij, kept, baseline, tf)
+    channels = (len(sel) - 1) * baseline.basis
+    value = tf.linalg.matvec(radial, coefficients[:channels])
+    if density is None:
+        return value
+    # each pair's coefficient, halved, at (A, B) and (B, A) of W_l: c^T W c = sum_AB w_AB p_AB
+    first, second = baseline.pairs(len(sel) - 1)
+    spread = np.zeros((len(first), channels * channels))
+    np.add.at(spread, (np.arange(len(first)), first * channels + second), 0.5)
+    np.add.at(spread, (np.arange(len(first)), second * channels + first), 0.5)
+    angular = tf.reshape(coefficients[channels:], [baseline.lmax + 1, len(first)])
+    matrices = tf.reshape(
+        tf.matmul(angular, tf.constant(spread, angular.dtype)),
+        [baseline.lmax + 1, channels, channels],
+    )
+    degrees = np.repeat(np.arange(baseline.lmax + 1), 2 * np.arange(baseline.lmax + 1) + 1)
+    contracted = tf.einsum("nyc,ycd->nyd", density, tf.gather(matrices, degrees))
+    return value + tf.reduce_sum(density * contracted, axis=[1, 2])
 
 
 def stat_frames(all_stat: dict) -> Iterator[tuple[np.ndarray, ...]]:
@@ -719,9 +761,8 @@ class DensityFitting(EnerFitting):
         sel = baseline_neighbours(self.descriptor, self.ntypes, self.baseline.rcut)
         nlist, rij, *_ = self.descriptor.get_nlist()
         nloc, points = natoms[0], natoms[1 + self.ntypes]
-        features = graph_baseline_features(nlist, rij, sel, self.baseline, nloc, points)
-        values = tf.reshape(tf.matmul(features, tf.reshape(coefficients, [-1, 1])), [-1, points])
-        return tf.pad(values, [[0, 0], [nloc - points, 0]])
+        values = graph_baseline(nlist, rij, sel, self.baseline, nloc, points, coefficients)
+        return tf.pad(tf.reshape(values, [-1, points]), [[0, 0], [nloc - points, 0]])
 
     def init_variables(self, graph: tf.Graph, graph_def: tf.GraphDef, suffix: str = "") -> None:
         """Take the variables, bias and scale from a frozen graph (dp compress, init).

@@ -35,7 +35,7 @@ from dpcharge.fitting import (
     DensityLoss,
     DensityModel,
     baseline_features,
-    graph_baseline_features,
+    graph_baseline,
     grid_sees_grid,
     real_harmonics,
 )
@@ -489,7 +489,9 @@ def most_neighbours(frames, rcut):
 
 
 @pytest.mark.parametrize(("sel", "kept", "lmax"), [(48, None, None), (48, None, 4), (48, -1, 4)])
-def test_graph_baseline_features_equal_the_numpy_ones(si8_frames, sel, kept, lmax):
+def test_graph_baseline_equals_the_numpy_features_times_the_coefficients(
+    si8_frames, sel, kept, lmax
+):
     from deepmd.common import make_default_mesh
     from deepmd.tf.env import GLOBAL_TF_FLOAT_PRECISION, tf
 
@@ -498,7 +500,10 @@ def test_graph_baseline_features_equal_the_numpy_ones(si8_frames, sel, kept, lma
         kept = [most_neighbours(si8_frames, BASELINE["rcut"])]
         assert kept[0] < sel
     baseline = Baseline(**BASELINE, lmax=lmax, sel=kept)
-    expected = numpy_features(si8_frames, [sel, 0], baseline)
+    features = numpy_features(si8_frames, [sel, 0], baseline)
+    assert np.all(features[:, :, : baseline.basis].max(axis=1) > 0.1)  # every basis is seen
+    coefficients = np.random.default_rng(1).normal(size=features.shape[-1])
+    expected = features @ coefficients
     with tf.Graph().as_default(), tf.Session() as sess:
         descrpt = se_e2_a_5([sel, 0])
         inputs = {
@@ -513,12 +518,14 @@ def test_graph_baseline_features_equal_the_numpy_ones(si8_frames, sel, kept, lma
         )
         nlist, rij, sel_a, _ = descrpt.get_nlist()
         natoms = inputs["natoms"]
-        features = graph_baseline_features(nlist, rij, sel_a, baseline, natoms[0], natoms[3])
+        values = graph_baseline(
+            nlist, rij, sel_a, baseline, natoms[0], natoms[3], tf.constant(coefficients)
+        )
         sess.run(tf.global_variables_initializer())
         ngrid = int((types == 1).sum())
         assert np.all(types[-ngrid:] == 1)  # DeePMD-kit's order: grid points last
         computed = sess.run(
-            features,
+            values,
             {
                 inputs["coord"]: coords.ravel(),
                 inputs["box"]: cells.ravel(),
@@ -527,9 +534,12 @@ def test_graph_baseline_features_equal_the_numpy_ones(si8_frames, sel, kept, lma
                 inputs["mesh"]: make_default_mesh(True, False),
             },
         )
-    computed = computed.reshape(len(coords), ngrid, -1)
-    assert np.all(computed[:, :, : baseline.basis].max(axis=1) > 0.1)  # every basis is seen
-    np.testing.assert_allclose(computed, expected, rtol=1e-12, atol=1e-14)
+    # float64 sums of terms as large as |features| @ |coefficients|
+    scale = np.abs(features) @ np.abs(coefficients)
+    np.testing.assert_allclose(
+        computed.reshape(expected.shape), expected, rtol=0, atol=1e-12 * scale.max()
+    )
+    assert np.abs(expected).max() > 1e-3 * scale.max()  # not a sum that cancels to nothing
 
 
 def test_a_baseline_that_keeps_too_few_neighbours_is_refused(si8_frames):
