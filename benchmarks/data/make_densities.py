@@ -435,6 +435,15 @@ SYSTEMS: dict[str, System] = {
             kpoints=(2, 2, 2),
             kpoint_shift=True,
         ),
+        System(
+            "si64k3",
+            lambda seed: si_crystal(2, seed),
+            SI,
+            [1],
+            "si64 with k 3x3x3 shifted: is si64k's 2x2x2 converged? (~35 min on 2 ranks)",
+            kpoints=(3, 3, 3),
+            kpoint_shift=True,
+        ),
         System("si64hot", si64_hot, SI, [7], "~20-60 s, 72^3 (out of distribution for si64)"),
         System(
             "si216",
