@@ -27,6 +27,7 @@ benchmarks: $(VENV)/.installed
 	$(PYTHON) benchmarks/data/make_densities.py --systems si64 si64us --snapshots 6
 	$(PYTHON) benchmarks/data/make_densities.py --systems si64hot
 	$(PYTHON) benchmarks/data/make_densities.py --systems si64k --seeds 1 6
+	$(PYTHON) benchmarks/data/make_densities.py --systems si64k3
 	$(PYTHON) benchmarks/data/make_densities.py --systems alslab --snapshots 4
 	$(PYTHON) benchmarks/data/make_densities.py --systems almg32 asi64 water32 --snapshots 3
 	$(PYTHON) benchmarks/data/make_densities.py --systems fe16 --snapshots 3
