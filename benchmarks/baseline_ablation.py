@@ -246,8 +246,7 @@ def baseline_alone(case: Alone, options: dict) -> dict[str, float]:
     """
     baseline = Baseline(**options)
     sets = alone_sets(case)
-    features, density = zip(*frame_features(sets["train"], case, baseline), strict=True)
-    features, density = np.concatenate(features), np.concatenate(density)
+    features, density = stacked_features(sets["train"], case, baseline)
     coefficients = fit_baseline(features, density)
     remainder = density - features @ coefficients
     offset = remainder.mean()
@@ -302,6 +301,12 @@ def frame_features(data: Path, case: Alone, baseline: Baseline) -> Iterator[tupl
             labels = np.load(frames / "atom_ener.npy")
             for coord, box, label in zip(coords, boxes, labels, strict=True):
                 yield baseline_features(coord, box, types, list(case.sel), baseline), label[grid]
+
+
+def stacked_features(data: Path, case: Alone, baseline: Baseline) -> tuple[np.ndarray, ...]:
+    """Return the features and densities (e/Å^3) of every grid point of a converted set."""
+    features, density = zip(*frame_features(data, case, baseline), strict=True)
+    return np.concatenate(features), np.concatenate(density)
 
 
 def table() -> str:

@@ -299,18 +299,17 @@ def chunk_profile(model: str, atoms: object, shape: tuple[int, int, int]) -> dic
         start = time.perf_counter()
         engine.predict_points(atoms, points)
         seconds = time.perf_counter() - start
-    parts = dict.fromkeys(("embedding", "environment", "fitting", "baseline and glue"), 0.0)
+    prefixes = {
+        "embedding": ("filter_type_",),
+        "environment": ("ProdEnvMat",),
+        "fitting": ("layer_", "final_layer_"),
+    }
+    parts = dict.fromkeys([*prefixes, "baseline and glue"], 0.0)
     for device in traces[-1].dev_stats:
         for node in device.node_stats:
-            name = node.node_name
-            part = (
-                "embedding"
-                if name.startswith("filter_type_")
-                else "environment"
-                if name.startswith("ProdEnvMat")
-                else "fitting"
-                if name.startswith(("layer_", "final_layer_"))
-                else "baseline and glue"
+            part = next(
+                (part for part, names in prefixes.items() if node.node_name.startswith(names)),
+                "baseline and glue",
             )
             parts[part] += node.all_end_rel_micros / 1e3
     details = {f"{part} ms": value for part, value in parts.items()}

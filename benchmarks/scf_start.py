@@ -280,9 +280,7 @@ def start_both(case: Case, seed: int, force: bool) -> dict[str, object] | None:
         "model": case.model,
         "magnetization_model": case.magnetization,
         "fft_grid": list(grid),
-        "kpoints": "gamma"
-        if kpoints is None
-        else f"MP {kpoints} {'shifted' if case.system.kpoint_shift else 'unshifted'}",
+        "kpoints": md.kpoints_label(kpoints, case.system.kpoint_shift),
         "conv_thr_Ry": conv_thr,
         "mixing_beta": settings.mixing_beta,
         "iterations_atomic": atomic["iterations"][0],

@@ -28,19 +28,13 @@ import time
 import numpy as np
 import torch
 from accuracy import RESULTS as ALL_RESULTS
-from baseline_ablation import ALONE, alone_sets, frame_features
+from baseline_ablation import ALONE, alone_sets, stacked_features
 
 from dpcharge.fitting import Baseline, fit_baseline
 
 RESULTS = ALL_RESULTS / "spectrum_network"
 BASELINE = {"basis": 16, "rcut": 5.0, "lmax": 8}
 """si.json's baseline."""
-
-
-def stacked(data, case, baseline) -> tuple[np.ndarray, np.ndarray]:
-    """Return the features and densities (e/Å^3) of every grid point of a converted set."""
-    features, density = zip(*frame_features(data, case, baseline), strict=True)
-    return np.concatenate(features), np.concatenate(density)
 
 
 def network(inputs: int, width: int, layers: int) -> torch.nn.Module:
@@ -71,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     case = next(case for case in ALONE if case.name == args.case)
     baseline = Baseline(**BASELINE)
     sets = alone_sets(case)
-    features, density = stacked(sets["train"], case, baseline)
+    features, density = stacked_features(sets["train"], case, baseline)
     coefficients = fit_baseline(features, density)
     remainder = density - features @ coefficients
     offset = remainder.mean()
-    test_features, test_density = stacked(sets["test"], case, baseline)
+    test_features, test_density = stacked_features(sets["test"], case, baseline)
     linear_test = test_features @ coefficients + offset
     print(f"linear baseline: unseen MAE {np.abs(linear_test - test_density).mean():.4e}")
 

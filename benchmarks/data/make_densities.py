@@ -580,6 +580,13 @@ def bands(valence_electrons: int, spin_polarised: bool) -> int:
     return int(valence_electrons / 2 * 1.2) + 4
 
 
+def kpoints_label(kpoints: tuple[int, int, int] | None, kpoint_shift: bool) -> str:
+    """Return how a run samples the Brillouin zone, as the result files record it."""
+    if kpoints is None:
+        return "gamma"
+    return f"MP {kpoints} {'shifted' if kpoint_shift else 'unshifted'}"
+
+
 def pw_input(
     atoms: Atoms,
     settings: QESettings,
@@ -839,9 +846,7 @@ def compute(system: System, seed: int, out: Path, nproc: int, force: bool) -> Pa
         "pseudo_dir": "Debian quantum-espresso-data, /usr/share/espresso/pseudo",
         "ecutwfc_Ry": s.ecutwfc,
         "ecutrho_Ry": s.density_cutoff,
-        "kpoints": "gamma"
-        if system.kpoints is None
-        else f"MP {system.kpoints} {'shifted' if system.kpoint_shift else 'unshifted'}",
+        "kpoints": kpoints_label(system.kpoints, system.kpoint_shift),
         "smearing": s.smearing,
         "degauss_Ry": s.degauss,
         "conv_thr_Ry": s.conv_thr_per_8_atoms * len(atoms) / 8,
