@@ -246,9 +246,7 @@ def baseline_alone(case: Alone, options: dict) -> dict[str, float]:
     """
     baseline = Baseline(**options)
     sets = alone_sets(case)
-    features, density = stacked_features(sets["train"], case, baseline)
-    coefficients = fit_baseline(features, density)
-    remainder = density - features @ coefficients
+    _, density, coefficients, remainder = fitted(sets["train"], case, baseline)
     offset = remainder.mean()
     # the whole test grid frame by frame: its features would not fit in memory at once
     absolute_error, test_density = [], []
@@ -307,6 +305,19 @@ def stacked_features(data: Path, case: Alone, baseline: Baseline) -> tuple[np.nd
     """Return the features and densities (e/Å^3) of every grid point of a converted set."""
     features, density = zip(*frame_features(data, case, baseline), strict=True)
     return np.concatenate(features), np.concatenate(density)
+
+
+def fitted(data: Path, case: Alone, baseline: Baseline) -> tuple[np.ndarray, ...]:
+    """Fit the baseline alone by least squares to every grid point of a converted set.
+
+    Returns
+    -------
+    tuple
+        The features, the densities (e/Å^3), the coefficients and the remainder (e/Å^3).
+    """
+    features, density = stacked_features(data, case, baseline)
+    coefficients = fit_baseline(features, density)
+    return features, density, coefficients, density - features @ coefficients
 
 
 def table() -> str:

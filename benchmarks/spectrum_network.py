@@ -28,9 +28,9 @@ import time
 import numpy as np
 import torch
 from accuracy import RESULTS as ALL_RESULTS
-from baseline_ablation import ALONE, alone_sets, stacked_features
+from baseline_ablation import ALONE, alone_sets, fitted, stacked_features
 
-from dpcharge.fitting import Baseline, fit_baseline
+from dpcharge.fitting import Baseline
 
 RESULTS = ALL_RESULTS / "spectrum_network"
 BASELINE = {"basis": 16, "rcut": 5.0, "lmax": 8}
@@ -65,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     case = next(case for case in ALONE if case.name == args.case)
     baseline = Baseline(**BASELINE)
     sets = alone_sets(case)
-    features, density = stacked_features(sets["train"], case, baseline)
-    coefficients = fit_baseline(features, density)
-    remainder = density - features @ coefficients
+    features, _, coefficients, remainder = fitted(sets["train"], case, baseline)
     offset = remainder.mean()
     test_features, test_density = stacked_features(sets["test"], case, baseline)
     linear_test = test_features @ coefficients + offset
