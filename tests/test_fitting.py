@@ -421,26 +421,6 @@ def test_template_runs_a_few_steps_on_real_data(name, tmp_path):
     assert np.all(curve["mae_rho_val"] <= curve["rmse_rho_val"])
 
 
-def test_compressed_model_predicts_the_same_densities(density_model, predictions, tmp_path):
-    from deepmd.infer import DeepPot
-
-    compressed = tmp_path / "compressed.pb"
-    # -s 0.1: the tables span s = 1/r up to grid points 0.01 Å from a nucleus;
-    # the default step of 0.01 makes a table of half a gigabyte. -t: the training script, for
-    # the neighbour statistics that dp train --skip-neighbor-stat skipped
-    result = run(
-        DP, "--tf", "compress", "-i", density_model.model, "-o", compressed, "-s", 0.1,
-        "-t", "input.json", cwd=density_model.workdir,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    types, _, predicted, _ = predictions
-    coords, cells, *_ = load(density_model.valid)
-    atomic = DeepPot(str(compressed)).eval(coords, cells, types, atomic=True)[3]
-    atomic = atomic.reshape(predicted.shape)
-    assert np.all(atomic[:, types != types.max()] == 0.0)
-    np.testing.assert_allclose(atomic, predicted, rtol=0, atol=1e-5)
-
-
 # --- the atomic-density baseline ------------------------------------------------
 
 BASELINE = {"basis": 6, "rcut": 4.5, "width_min": 0.3, "width_max": 2.0}
@@ -802,7 +782,9 @@ def test_baseline_model_serializes_its_coefficients_and_compresses(baseline_mode
     rebuilt = Fitting.deserialize(fitting)
     np.testing.assert_array_equal(rebuilt.baseline_coefficients, coefficients)
     compressed = tmp_path / "compressed.pb"
-    # -t: the training script, for the neighbour statistics that dp train may have skipped
+    # -s 0.1: the tables span s = 1/r up to grid points 0.01 Å from a nucleus (the default
+    # step of 0.01 makes a table of half a gigabyte); -t: the training script, for the
+    # neighbour statistics that dp train --skip-neighbor-stat skipped
     result = run(
         DP, "--tf", "compress", "-i", baseline_model, "-o", compressed, "-s", 0.1,
         "-t", "input.json", cwd=baseline_model.parent,
