@@ -29,7 +29,8 @@ benchmarks: $(VENV)/.installed
 	$(PYTHON) benchmarks/data/make_densities.py --systems si64k --seeds 1 6
 	$(PYTHON) benchmarks/data/make_densities.py --systems si64k3
 	$(PYTHON) benchmarks/data/make_densities.py --systems alslab --snapshots 4
-	$(PYTHON) benchmarks/data/make_densities.py --systems almg32 asi64 water32 --snapshots 3
+	$(PYTHON) benchmarks/data/make_densities.py --systems almg32 asi64 --snapshots 3
+	$(PYTHON) benchmarks/data/make_densities.py --systems water32 --snapshots 5
 	$(PYTHON) benchmarks/data/make_densities.py --systems fe16 --snapshots 3
 	$(PYTHON) benchmarks/data/make_densities.py --systems si216 almg108 water64
 	$(PYTHON) benchmarks/accuracy.py --steps $(STEPS) --jobs $(JOBS)

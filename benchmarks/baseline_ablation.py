@@ -17,7 +17,8 @@ the baseline alone (no network) to 1e5 points of Si64 seed 1 (computed at Gamma,
 2x2x2 k-points: ``si64k``) and of the PAW H2O8 density of ``tests/data`` and prints its errors
 on every grid point of Si64 seed 6 and of H2O8 itself; ``si64_self1`` and ``si64_self6`` fit
 and test each Si64 structure on itself, ``si64_gamma_to_k`` fits seed 1 at Gamma and tests
-seed 6 with k-points (``--cases`` picks some).
+seed 6 with k-points, ``water32``, ``water32_2structures`` and ``water32_4structures`` fit one,
+two or four water structures and test the unseen seed 3 (``--cases`` picks some).
 
 Usage (one training at a time, niced, on a shared machine)::
 
@@ -152,8 +153,8 @@ class Alone:
     name
         Folder name.
     train, test
-        Densities: 1e5 random points of ``train`` are fitted, every grid point of ``test``
-        is predicted.
+        Densities: 1e5 random points of each of ``train`` are fitted, every grid point of
+        ``test`` is predicted.
     elements
         Real elements in model order.
     sel
@@ -163,7 +164,7 @@ class Alone:
     """
 
     name: str
-    train: Path
+    train: tuple[Path, ...]
     test: Path
     elements: tuple[str, ...]
     sel: tuple[int, ...]
@@ -176,7 +177,7 @@ RADIAL = ({"basis": 8}, {"basis": 16, "rcut": 5.0})
 ALONE = (
     Alone(
         "si64",
-        SI64_TRAIN,
+        (SI64_TRAIN,),
         SI64_TEST,
         ("Si",),
         (72, 0),
@@ -192,7 +193,7 @@ ALONE = (
     *(
         Alone(
             f"si64_self{seed}",
-            path,
+            (path,),
             path,
             ("Si",),
             (72, 0),
@@ -204,7 +205,7 @@ ALONE = (
     # error floor of a local model near 6e-4 the reference's Brillouin-zone sampling?
     Alone(
         "si64k",
-        density_file("si64k", 1),
+        (density_file("si64k", 1),),
         density_file("si64k", SI64.test_seed),
         ("Si",),
         (72, 0),
@@ -213,7 +214,7 @@ ALONE = (
     # fitted at Gamma, tested against the k-point density: how far from the converged one
     Alone(
         "si64_gamma_to_k",
-        SI64_TRAIN,
+        (SI64_TRAIN,),
         density_file("si64k", SI64.test_seed),
         ("Si",),
         (72, 0),
@@ -222,12 +223,39 @@ ALONE = (
     # PAW (Quantum ESPRESSO), one structure: the test is every grid point of the same one
     Alone(
         "h2o8_paw",
-        DATA / "CHGCAR_H2O8_qe.gz",
+        (DATA / "CHGCAR_H2O8_qe.gz",),
         DATA / "CHGCAR_H2O8_qe.gz",
         ("O", "H"),
         (48, 96, 0),
         # two elements: 16 channels, 968 features
         ({"basis": 8, "rcut": 5.0, "lmax": 6},),
+    ),
+    # water32 (PAW): one, two or four structures fitted, the unseen seed 3 tested; water.json's
+    # baseline, then narrower Gaussians for the augmentation peaks at the nuclei, and (four
+    # structures: 4e5 points) more of them
+    *(
+        Alone(
+            name,
+            tuple(density_file("water32", seed) for seed in seeds),
+            density_file("water32", 3),
+            ("O", "H"),
+            (48, 96, 0),
+            (
+                {"basis": 8, "rcut": 5.0, "lmax": 6},
+                {"basis": 8, "rcut": 5.0, "lmax": 6, "width_min": 0.1},
+                {"basis": 10, "rcut": 5.0, "lmax": 6, "width_min": 0.1},
+                *more,
+            ),
+        )
+        for name, seeds, more in (
+            ("water32", (1,), ()),
+            ("water32_2structures", (1, 2), ()),
+            (
+                "water32_4structures",
+                (1, 2, 4, 5),
+                ({"basis": 12, "rcut": 5.0, "lmax": 6, "width_min": 0.1},),
+            ),
+        )
     ),
 )
 
@@ -276,14 +304,14 @@ def alone_sets(case: Alone) -> dict[str, Path]:
     folder = RUNS / "baseline_alone" / case.name
     folder.mkdir(parents=True, exist_ok=True)
     sets = {}
-    for role, path, extra in (
+    for role, paths, extra in (
         ("train", case.train, ["--points", "100000"]),
-        ("test", case.test, ["--all-points"]),
+        ("test", (case.test,), ["--all-points"]),
     ):
         output = folder / role
         if not output.exists():
-            command = [tool("dpcharge"), "convert", str(path), "-o", str(output), "-q", *extra]
-            command += ["--type-map", *case.elements]
+            command = [tool("dpcharge"), "convert", *map(str, paths), "-o", str(output), "-q"]
+            command += [*extra, "--type-map", *case.elements]
             subprocess.run(command, check=True)
         sets[role] = output
     return sets

@@ -124,6 +124,10 @@ RUNS = {
         *(angular_run(SYSTEMS[name], 2_000) for name in ("si64", "si64us", "almg32", "alslab")),
         angular_run(SYSTEMS["water32"], 2_000),
         angular_run(SYSTEMS["water32"], 20_000),
+        # water's training batches sat at half its unseen MAE with one structure: two, four
+        angular_run(SYSTEMS["water32"], 2_000, seeds=(1, 2), variant="2structures"),
+        angular_run(SYSTEMS["water32"], 2_000, seeds=(1, 2, 4, 5), variant="4structures"),
+        angular_run(SYSTEMS["water32"], 20_000, seeds=(1, 2, 4, 5), variant="4structures"),
         angular_run(SYSTEMS["asi64"], 2_000, seeds=(1, 2)),
         # the network on top learnt nothing with mae from 1e-2: mse from a tenth of the rate
         angular_run(
