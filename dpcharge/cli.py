@@ -548,9 +548,12 @@ def _run_reassemble(args: argparse.Namespace) -> None:
         raise InputError("--moment rescales a predicted magnetisation: give --magnetization")
     comm = parallel.world()
     root = parallel.is_root(comm)
-    espresso = None
+    espresso = paw = None
     if args.format == "espresso":
+        from dpcharge.espresso import PAW_OCCUPATIONS, atomic_paw_occupations
+
         espresso = _pw_start(args)
+        paw = atomic_paw_occupations(espresso)
         structures, reference = [espresso.atoms], None
     elif args.output is None:
         raise InputError("the output file is missing", "output")
@@ -571,10 +574,12 @@ def _run_reassemble(args: argparse.Namespace) -> None:
         for key in second_files:
             if paths[key] is not None:
                 paths[f"{key}_magnetization"] = _tagged_path(paths[key], "magnetization")
+    if paw is not None:  # pw.x reads the PAW occupations beside the density
+        outputs[0]["output_paw"] = str(Path(outputs[0]["output"]).parent / PAW_OCCUPATIONS)
     for paths in outputs:  # on every rank, so that all refuse alike
         for parameter, path in paths.items():
             if path is not None:
-                flag = parameter.removesuffix("_magnetization")
+                flag = parameter.split("_")[0]
                 check_output(path, inputs, args.force, flag, espresso is not None)
     if args.like is not None:
         like_atoms, reference = read_density(args.like)
@@ -676,7 +681,7 @@ def _run_reassemble(args: argparse.Namespace) -> None:
                 write_cube(paths["output_magnetization"], atoms, magnetization)
                 print(f"wrote {paths['output_magnetization']} (magnetisation, {units})")
         else:
-            _write_pw_start(paths["output"], espresso, density, magnetization if spin else None)
+            _write_pw_start(paths, espresso, density, magnetization if spin else None, paw)
         if paths["npy"] is not None:
             write_npy(paths["npy"], density)
             print(f"wrote {paths['npy']} (numpy array {shape}, e/Å^3)", flush=True)
@@ -720,11 +725,16 @@ def _pw_start(args: argparse.Namespace) -> PwInput:
 
 
 def _write_pw_start(
-    path: str, pw: PwInput, density: np.ndarray, magnetization: np.ndarray | None
+    paths: dict[str, str | None],
+    pw: PwInput,
+    density: np.ndarray,
+    magnetization: np.ndarray | None,
+    paw: np.ndarray | None,
 ) -> None:
-    """Write the density (and magnetisation) where pw.x reads it; say what to set."""
-    from dpcharge.espresso import write_charge_density
+    """Write the density (magnetisation, PAW occupations) where pw.x reads it; say what to set."""
+    from dpcharge.espresso import write_charge_density, write_paw_occupations
 
+    path = paths["output"]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_charge_density(path, pw.atoms, density, pw.ecutrho, pw.gamma_only, magnetization)
     what = "rho(G), then the magnetisation," if magnetization is not None else "rho(G)"
@@ -733,6 +743,13 @@ def _write_pw_start(
         f"ecutrho {pw.ecutrho:g} Ry)",
         flush=True,
     )
+    if paw is not None:
+        write_paw_occupations(paths["output_paw"], paw)
+        print(
+            f"wrote {paths['output_paw']} (PAW on-site occupations of the atomic start: the "
+            "model predicts the density only)",
+            flush=True,
+        )
     if pw.startingpot != "file":
         print(f"set startingpot = 'file' in &ELECTRONS of {pw.path} to start pw.x from it")
 

@@ -35,6 +35,15 @@ write the same Miller record as 1).
 
 Units at the boundary: dpcharge holds densities in e/Å^3 and cells in Å; the file holds
 e/bohr^3 and 1/bohr, converted with `QE_BOHR`.
+
+With PAW datasets pw.x also reads the on-site occupations of every atom's projectors
+(``becsum``) from ``paw.txt`` beside the density, and stops ("Error in routine read_scf:
+Reading PAW becsum") without it. A model predicts the density only, so dpcharge writes the
+occupations pw.x's atomic start uses (`atomic_paw_occupations`): the predicted density with
+atomic on-site occupations, which the SCF then relaxes. The file is Fortran list-directed
+text of ``becsum(nhm (nhm + 1) / 2, nat, nspin)``, ``nhm`` the most projector channels
+(all m) of any species, each atom's upper triangle ``(ih <= jh)`` first in pw.x's channel
+order (projector by projector, m within), zeros after it; as pw.x 6.7 writes it.
 """
 
 from __future__ import annotations
@@ -67,6 +76,9 @@ ORDER_TOLERANCE = 1e-8
 
 CHARGE_DENSITY = "charge-density.dat"
 """The density file in ``<outdir>/<prefix>.save/``."""
+
+PAW_OCCUPATIONS = "paw.txt"
+"""The PAW on-site occupations (``becsum``) beside the density, for PAW datasets only."""
 
 
 # ----------------------------------------------------------------------------- pw.x input
@@ -215,6 +227,102 @@ def _pseudopotentials(path: Path, ntyp: int, cards: list[str], pseudo_dir: Path)
                 raise InputError(f"{path}: two species of {symbol} with different valence")
         found.setdefault(symbol, file)
     return found
+
+
+def paw_projectors(path: str | os.PathLike) -> list[tuple[int, float]]:
+    """Return the angular momentum and atomic occupation (e) of each projector of a PAW dataset.
+
+    Parameters
+    ----------
+    path
+        A UPF file (PAW datasets are UPF 2).
+
+    Returns
+    -------
+    list of (int, float)
+        ``PP_BETA`` angular momenta with the ``PP_PAW`` ``PP_OCCUPATIONS``, in file order;
+        empty for a pseudopotential that is not PAW.
+    """
+    text = Path(path).read_text(errors="replace")
+    if not re.search(r'pseudo_type\s*=\s*"\s*PAW\s*"', text, re.IGNORECASE):
+        return []
+    momenta = [
+        int(match.group(1))
+        for match in re.finditer(r'<PP_BETA\.\d+[^>]*?angular_momentum\s*=\s*"\s*(\d+)', text)
+    ]
+    block = re.search(r"<PP_OCCUPATIONS[^>]*>(.*?)</PP_OCCUPATIONS>", text, re.DOTALL)
+    occupations = [] if block is None else block.group(1).lower().replace("d", "e").split()
+    if not momenta or len(occupations) != len(momenta):
+        raise InputError(
+            f"{path}: a PAW dataset whose {len(momenta)} projectors and {len(occupations)} "
+            "occupations (PP_OCCUPATIONS) do not match"
+        )
+    return [(m, float(n)) for m, n in zip(momenta, occupations, strict=True)]
+
+
+def atomic_paw_occupations(pw: PwInput) -> np.ndarray | None:
+    """Return the PAW on-site occupations of pw.x's atomic start, or None without PAW.
+
+    pw.x's ``PAW_atomic_becsum`` (without its random noise): each projector's occupation
+    spread evenly over its 2l + 1 channels on the diagonal, 0 off it.
+
+    Parameters
+    ----------
+    pw
+        The pw.x input.
+
+    Returns
+    -------
+    np.ndarray or None
+        ``becsum`` (e), shape (nat, nhm (nhm + 1) / 2), atoms in the input's order.
+
+    Raises
+    ------
+    InputError
+        If PAW datasets come with ``nspin = 2`` or beside other kinds of pseudopotential.
+    """
+    projectors = {symbol: paw_projectors(upf) for symbol, upf in pw.pseudopotentials.items()}
+    if not any(projectors.values()):
+        return None
+    if not all(projectors.values()):
+        raise InputError(
+            f"{pw.path}: PAW datasets beside other pseudopotentials: the start's PAW "
+            "occupations are written for PAW runs only"
+        )
+    if pw.nspin != 1:
+        raise InputError(
+            f"{pw.path}: nspin = {pw.nspin} with PAW datasets: the spin-resolved PAW "
+            "occupations of such a start are not written; start this run from atoms"
+        )
+    diagonals = {
+        symbol: [n / (2 * m + 1) for m, n in channels for _ in range(2 * m + 1)]
+        for symbol, channels in projectors.items()
+    }
+    most = max(len(diagonal) for diagonal in diagonals.values())
+    becsum = np.zeros((len(pw.atoms), most * (most + 1) // 2))
+    for atom, symbol in enumerate(pw.atoms.get_chemical_symbols()):
+        diagonal = diagonals[symbol]
+        size = len(diagonal)
+        # (ih, jh) pairs with ih <= jh, jh running fastest: the diagonal (ih, ih) comes at
+        # sum_{i < ih} (size - i)
+        starts = np.concatenate([[0], np.cumsum(np.arange(size, 1, -1))])
+        becsum[atom, starts] = diagonal
+    return becsum
+
+
+def write_paw_occupations(path: str | os.PathLike, becsum: np.ndarray) -> None:
+    """Write PAW on-site occupations as pw.x's ``paw.txt`` (list-directed text, 17 digits).
+
+    Parameters
+    ----------
+    path
+        The file to write (``<outdir>/<prefix>.save/paw.txt``).
+    becsum
+        Occupations (e), shape (nat, nhm (nhm + 1) / 2) (`atomic_paw_occupations`).
+    """
+    values = np.ravel(becsum)  # C order of (nat, ijh): Fortran order of becsum(ijh, nat)
+    lines = (" ".join(f"{v:.16e}" for v in values[i : i + 4]) for i in range(0, values.size, 4))
+    write_atomically(path, lambda stream: stream.write("\n".join(lines) + "\n"))
 
 
 def read_z_valence(path: str | os.PathLike) -> float:

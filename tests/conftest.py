@@ -190,11 +190,14 @@ class ForeignModels:
     germanium
         The shared model's graph with the type map Ge X: a density model of
         another element.
+    oxygen
+        The same with O X: a stand-in for an oxygen model, to exercise PAW inputs.
     """
 
     dipole: Path
     flipped: Path
     germanium: Path
+    oxygen: Path
 
 
 @pytest.fixture(scope="session")
@@ -216,16 +219,18 @@ def foreign_models(density_model: TrainedModel, tmp_path_factory) -> ForeignMode
             node.attr["value"].CopyFrom(tf.compat.v1.AttrValue(tensor=proto))
     dipole = folder / "dipole.pb"
     dipole.write_bytes(graph.SerializeToString())
-    graph.ParseFromString(density_model.model.read_bytes())
-    for node in graph.node:
-        if node.name == "model_attr/tmap":
-            proto = tf.make_tensor_proto(b"Ge X")
-            node.attr["value"].CopyFrom(tf.compat.v1.AttrValue(tensor=proto))
-    germanium = folder / "germanium.pb"
-    germanium.write_bytes(graph.SerializeToString())
+    relabelled = {}
+    for element, name in (("Ge", "germanium"), ("O", "oxygen")):
+        graph.ParseFromString(density_model.model.read_bytes())
+        for node in graph.node:
+            if node.name == "model_attr/tmap":
+                proto = tf.make_tensor_proto(f"{element} X".encode())
+                node.attr["value"].CopyFrom(tf.compat.v1.AttrValue(tensor=proto))
+        relabelled[element] = folder / f"{name}.pb"
+        relabelled[element].write_bytes(graph.SerializeToString())
     raw = bytearray(density_model.model.read_bytes())
     at = raw.index(b"model_attr/tmap") + 40
     raw[at : at + 20] = bytes(b ^ 0xFF for b in raw[at : at + 20])
     flipped = folder / "flipped.pb"
     flipped.write_bytes(bytes(raw))
-    return ForeignModels(dipole=dipole, flipped=flipped, germanium=germanium)
+    return ForeignModels(dipole, flipped, relabelled["Ge"], relabelled["O"])

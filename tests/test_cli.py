@@ -512,6 +512,48 @@ def test_reassemble_writes_the_start_density_of_a_pw_x_run(
     start_pw_x_from_file(scf)
 
 
+O_PAW = SI_UPF.parent / "O.pbe-kjpaw.UPF"
+
+
+@pytest.mark.skipif(not O_PAW.exists(), reason="Debian's quantum-espresso-data is not installed")
+def test_a_paw_pw_x_start_gets_the_atomic_paw_occupations_beside_the_density(
+    foreign_models, tmp_path, in_process, monkeypatch
+):
+    from dpcharge.espresso import atomic_paw_occupations, read_pw_input
+
+    scf = tmp_path / "scf.in"
+    scf.write_text(
+        QE_SI2.read_text()
+        .replace("Si 28.086 Si.pbe-rrkj.UPF", "O 15.999 O.pbe-kjpaw.UPF")
+        .replace("Si 0.0 0.0 0.0\nSi 1.40 1.33 1.36", "O 0.0 0.0 0.0\nO 1.21 0.0 0.0")
+        .replace("ecutwfc = 20", "ecutwfc = 25, occupations = 'smearing', degauss = 0.02")
+        .replace("4 4 4 0 0 0", "2 2 2 0 0 0")
+    )
+    monkeypatch.chdir(tmp_path)
+    pw = read_pw_input(scf)
+    spin = scf.with_name("spin.in")
+    spin.write_text(scf.read_text().replace("ecutwfc", "nspin = 2, ecutwfc"))
+    # the Si-trained model relabelled O: any density model of the elements will do here
+    refused = in_process(
+        "reassemble", foreign_models.oxygen, spin, "--format", "espresso",
+        "--magnetization", foreign_models.oxygen,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "nspin = 2 with PAW datasets" in refused.stderr
+    assert not pw.charge_density_path.parent.exists()
+    paw = pw.charge_density_path.with_name("paw.txt")
+    result = in_process("reassemble", foreign_models.oxygen, scf, "--format", "espresso")
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {paw} (PAW on-site occupations of the atomic start" in result.stdout
+    written = np.array(paw.read_text().split(), float).reshape(2, -1)
+    np.testing.assert_array_equal(written, atomic_paw_occupations(pw))
+    again = in_process(
+        "reassemble", foreign_models.oxygen, scf, "--format", "espresso", "-o",
+        pw.charge_density_path.with_name("other.dat"),
+    )  # fmt: skip
+    assert again.returncode == 2 and "paw.txt already exists" in again.stderr
+    start_pw_x_from_file(scf)
+
+
 @pytest.mark.skipif(not SI_UPF.exists(), reason="Debian's quantum-espresso-data is not installed")
 def test_spin_polarised_pw_x_start_needs_and_writes_a_magnetization(
     frozen_model, second_model, tmp_path, in_process, monkeypatch

@@ -20,17 +20,21 @@ from ase.io.cube import read_cube
 
 from dpcharge.errors import InputError
 from dpcharge.espresso import (
+    PAW_OCCUPATIONS,
     QE_BOHR,
     QE_FFT_FACTORS,
     ChargeDensityHeader,
+    atomic_paw_occupations,
     charge_density_to_grid,
     dense_grid,
     g_vectors,
+    paw_projectors,
     read_charge_density,
     read_pw_input,
     read_z_valence,
     write_charge_density,
     write_charge_density_coefficients,
+    write_paw_occupations,
 )
 from dpcharge.grid import fft_friendly
 
@@ -46,6 +50,41 @@ needs_pw = pytest.mark.skipif(
     PW is None or not SI_UPF.is_file(),
     reason="needs pw.x and Si.pbe-rrkj.UPF: apt-get install quantum-espresso quantum-espresso-data",
 )
+
+PAW_UPF = (PSEUDO / "O.pbe-kjpaw.UPF", PSEUDO / "H.pbe-kjpaw.UPF")
+needs_paw = pytest.mark.skipif(
+    not all(upf.is_file() for upf in PAW_UPF), reason="needs the PAW datasets of H and O"
+)
+WATER_PAW = f"""&CONTROL
+  calculation = 'scf'
+  prefix = 'h2o'
+  outdir = './out'
+  pseudo_dir = '{PSEUDO}'
+/
+&SYSTEM
+  ibrav = 0
+  nat = 3
+  ntyp = 2
+  ecutwfc = 25
+  ecutrho = 200
+/
+&ELECTRONS
+  conv_thr = 1e-8
+/
+ATOMIC_SPECIES
+O 15.999 O.pbe-kjpaw.UPF
+H 1.008 H.pbe-kjpaw.UPF
+CELL_PARAMETERS angstrom
+6.0 0.0 0.0
+0.0 6.5 0.0
+0.0 0.0 5.5
+ATOMIC_POSITIONS angstrom
+O 3.00 3.00 2.80
+H 3.76 3.59 2.80
+H 2.24 3.59 2.85
+K_POINTS gamma
+"""
+"""A water molecule with PAW datasets: pw.x reads PAW occupations beside the density."""
 
 ECUTRHO = {"si2": 80.0, "si8_gamma": 48.0, "si2_spin": 48.0}
 ELECTRONS = {"si2": 8, "si8_gamma": 32, "si2_spin": 8}
@@ -340,3 +379,59 @@ def test_pw_x_reads_by_position_not_miller_index(tmp_path):
         iterations[name] = scf_result(run_pw(folder, text))[1]
     print(f"pw.x iterations from the converged density: {iterations}")
     assert iterations["ordered"] == 1 and iterations["shuffled"] > 3
+
+
+@needs_paw
+def test_paw_projectors_and_atomic_occupations_follow_the_upf(tmp_path):
+    assert paw_projectors(PAW_UPF[0]) == [(0, 2.0), (0, 0.0), (1, 4.0), (1, 0.0)]  # O 2s2 2p4
+    assert paw_projectors(SI_UPF) == []  # norm-conserving
+    (tmp_path / "scf.in").write_text(WATER_PAW)
+    pw = read_pw_input(tmp_path / "scf.in", workdir=tmp_path)
+    occupations = atomic_paw_occupations(pw)
+    # O: 8 channels (s, s, 3 p, 3 p), 36 pairs; H: 2 channels, 3 pairs, zeros after them
+    assert occupations.shape == (3, 36)
+    assert occupations[0, [0, 8, 15, 21, 26, 30, 33, 35]] == pytest.approx(
+        [2, 0] + [4 / 3] * 3 + [0] * 3
+    )
+    assert occupations[1:, 0].tolist() == [1.0, 1.0] and not occupations[1:, 1:].any()
+    assert occupations.sum() == pytest.approx(pw.electrons)  # 6 + 1 + 1 valence electrons
+    (tmp_path / "spin.in").write_text(WATER_PAW.replace("ecutrho", "nspin = 2\n  ecutrho"))
+    with pytest.raises(InputError, match="nspin = 2 with PAW"):
+        atomic_paw_occupations(read_pw_input(tmp_path / "spin.in", workdir=tmp_path))
+
+
+@needs_pw
+@needs_paw
+def test_pw_x_starts_a_paw_run_from_the_density_and_atomic_occupations(tmp_path):
+    first, second = tmp_path / "atomic", tmp_path / "file"
+    first.mkdir(), second.mkdir()
+    energy, iterations = scf_result(run_pw(first, WATER_PAW))
+    pw = read_pw_input(first / "scf.in", workdir=first)
+    occupations = atomic_paw_occupations(pw)
+    # pw.x's own converged occupations have the same layout: O fills its 36 pairs, each H
+    # its first 3, and the first s channels hold about an electron or two
+    own = np.array((pw.charge_density_path.parent / PAW_OCCUPATIONS).read_text().split(), float)
+    own = own.reshape(occupations.shape)
+    assert np.count_nonzero(own[0]) == 36
+    assert own[1:, :3].all() and not own[1:, 3:].any()
+    assert np.all(own[:, 0] > 0.5)
+    density = charge_density_to_grid(pw.charge_density_path, pw.atoms, pw.dense_grid)
+    restart = read_pw_input(first / "scf.in", workdir=second)
+    restart.charge_density_path.parent.mkdir(parents=True)
+    write_charge_density(
+        restart.charge_density_path, restart.atoms, density, restart.ecutrho, restart.gamma_only
+    )
+    text = WATER_PAW.replace("&ELECTRONS", "&ELECTRONS\n  startingpot = 'file'")
+    (second / "scf.in").write_text(text)
+    alone = subprocess.run(
+        [PW, "-in", "scf.in"], cwd=second, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert "Reading PAW becsum" in alone.stdout  # the density alone is no PAW start
+    write_paw_occupations(restart.charge_density_path.parent / PAW_OCCUPATIONS, occupations)
+    from_file = run_pw(second, text)
+    assert "The initial density is read from file" in from_file
+    energy_file, iterations_file = scf_result(from_file)
+    # 10 from atoms, 13 from pw.x's own converged density with atomic occupations (25 Nov 2026)
+    print(f"h2o PAW: {iterations} iterations from atoms, {iterations_file} from the density")
+    assert energy_file == pytest.approx(energy, abs=2e-8)  # conv_thr + pw.x's last decimal
