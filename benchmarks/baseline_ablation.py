@@ -231,8 +231,8 @@ ALONE = (
         ({"basis": 8, "rcut": 5.0, "lmax": 6},),
     ),
     # water32 (PAW): one, two or four structures fitted, the unseen seed 3 tested; water.json's
-    # baseline, then narrower Gaussians for the augmentation peaks at the nuclei, and (four
-    # structures: 4e5 points) more of them
+    # baseline, then narrower Gaussians for the augmentation peaks at the nuclei, and more of
+    # them (12 Gaussians, 2,124 features, on four structures ran out of 24 GB in the fit)
     *(
         Alone(
             name,
@@ -244,17 +244,12 @@ ALONE = (
                 {"basis": 8, "rcut": 5.0, "lmax": 6},
                 {"basis": 8, "rcut": 5.0, "lmax": 6, "width_min": 0.1},
                 {"basis": 10, "rcut": 5.0, "lmax": 6, "width_min": 0.1},
-                *more,
             ),
         )
-        for name, seeds, more in (
-            ("water32", (1,), ()),
-            ("water32_2structures", (1, 2), ()),
-            (
-                "water32_4structures",
-                (1, 2, 4, 5),
-                ({"basis": 12, "rcut": 5.0, "lmax": 6, "width_min": 0.1},),
-            ),
+        for name, seeds in (
+            ("water32", (1,)),
+            ("water32_2structures", (1, 2)),
+            ("water32_4structures", (1, 2, 4, 5)),
         )
     ),
 )
