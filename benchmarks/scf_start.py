@@ -108,6 +108,13 @@ CASES = {
             (2, 3),
             "benchmarks/runs/scf_almg32/model.pb",
         ),
+        # PAW water: water.json trained on seeds 1, 2, 4 and 5 (budget.py), seed 3 held out
+        Case(
+            "water32",
+            md.SYSTEMS["water32"],
+            (3,),
+            "benchmarks/runs/water32_angular_4structures_2000/model.pb",
+        ),
         # spin-polarised: the density and magnetisation models of benchmarks/spin.py
         Case(
             "fe16",
