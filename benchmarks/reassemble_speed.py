@@ -33,6 +33,10 @@ Usage::
     python benchmarks/reassemble_speed.py --workdir /tmp/bench [--threads 2] [--steps 10]
     python benchmarks/reassemble_speed.py --workdir /tmp/bench --only command phases engine
     python benchmarks/reassemble_speed.py --workdir /tmp/bench --only command frames
+    python benchmarks/reassemble_speed.py --workdir /tmp/bench --threads 1 --only chunk-profile \\
+        --baseline '{"basis": 12, "rcut": 5.0, "lmax": 6, "sel": [40]}'
+
+``--baseline`` replaces si.json's baseline (1,240 features) by another, e.g. 558 features.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--precisions", nargs="+", default=["float32"])
+    parser.add_argument("--baseline", type=json.loads, help="si.json's baseline replaced (JSON)")
     parser.add_argument("--measure", nargs=2, metavar=("KIND", "MODEL"), help=argparse.SUPPRESS)
     parser.add_argument("--only", nargs="+", choices=KINDS, default=KINDS, help="kinds to run")
     args = parser.parse_args()
@@ -88,7 +93,8 @@ def main() -> None:
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     models = {
-        precision: train(args.workdir, precision, args.steps) for precision in args.precisions
+        precision: train(args.workdir, precision, args.steps, args.baseline)
+        for precision in args.precisions
     }
     print(
         "| precision | path | points | seconds | points/s | peak RSS (MB) | load (1/5/15 min) "
@@ -109,12 +115,14 @@ def main() -> None:
             )
 
 
-def train(workdir: Path, precision: str, steps: int) -> Path:
+def train(workdir: Path, precision: str, steps: int, baseline: dict | None = None) -> Path:
     """Train si.json in the given precision for a few steps; return the frozen model.
 
-    Its compressed twin (``dp compress``) is ``compressed.pb`` beside it.
+    Its compressed twin (``dp compress``) is ``compressed.pb`` beside it. ``baseline``
+    replaces si.json's; the folder is then named after it.
     """
-    folder = workdir / precision
+    label = "".join(f"_{key}{value}" for key, value in (baseline or {}).items())
+    folder = workdir / (precision + label.replace(" ", ""))
     model = folder / "model.pb"
     if model.exists():
         return model
@@ -137,6 +145,8 @@ def train(workdir: Path, precision: str, steps: int) -> Path:
     config = json.loads((REPO / "input_templates" / "si.json").read_text())
     for section in ("descriptor", "fitting_net"):
         config["model"][section]["precision"] = precision
+    if baseline is not None:
+        config["model"]["fitting_net"]["baseline"] = baseline
     config["training"] = {
         "training_data": {"systems": "data", "batch_size": 1},
         "numb_steps": steps,
