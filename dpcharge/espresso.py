@@ -299,15 +299,15 @@ def atomic_paw_occupations(pw: PwInput) -> np.ndarray | None:
         for symbol, channels in projectors.items()
     }
     most = max(len(diagonal) for diagonal in diagonals.values())
-    becsum = np.zeros((len(pw.atoms), most * (most + 1) // 2))
-    for atom, symbol in enumerate(pw.atoms.get_chemical_symbols()):
-        diagonal = diagonals[symbol]
+    rows = {}
+    for symbol, diagonal in diagonals.items():
         size = len(diagonal)
         # (ih, jh) pairs with ih <= jh, jh running fastest: the diagonal (ih, ih) comes at
         # sum_{i < ih} (size - i)
         starts = np.concatenate([[0], np.cumsum(np.arange(size, 1, -1))])
-        becsum[atom, starts] = diagonal
-    return becsum
+        rows[symbol] = np.zeros(most * (most + 1) // 2)
+        rows[symbol][starts] = diagonal
+    return np.array([rows[symbol] for symbol in pw.atoms.get_chemical_symbols()])
 
 
 def write_paw_occupations(path: str | os.PathLike, becsum: np.ndarray) -> None:

@@ -292,10 +292,10 @@ def test_mistakes(tmp_path):
 # ----------------------------------------------------------------------------- pw.x restart
 
 
-def run_pw(folder: Path, text: str) -> str:
-    """Run pw.x (one process, nice 10) on an input in ``folder``; return its output."""
+def call_pw(folder: Path, text: str) -> subprocess.CompletedProcess:
+    """Run pw.x (one process, nice 10) on an input in ``folder``, however it ends."""
     (folder / "scf.in").write_text(text)
-    done = subprocess.run(
+    return subprocess.run(
         ["nice", "-n", "10", PW, "-in", "scf.in"],
         cwd=folder,
         capture_output=True,
@@ -303,6 +303,11 @@ def run_pw(folder: Path, text: str) -> str:
         timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+
+
+def run_pw(folder: Path, text: str) -> str:
+    """Run pw.x on an input in ``folder``; check that it finished; return its output."""
+    done = call_pw(folder, text)
     assert "JOB DONE" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
     return done.stdout
 
@@ -422,11 +427,7 @@ def test_pw_x_starts_a_paw_run_from_the_density_and_atomic_occupations(tmp_path)
         restart.charge_density_path, restart.atoms, density, restart.ecutrho, restart.gamma_only
     )
     text = WATER_PAW.replace("&ELECTRONS", "&ELECTRONS\n  startingpot = 'file'")
-    (second / "scf.in").write_text(text)
-    alone = subprocess.run(
-        [PW, "-in", "scf.in"], cwd=second, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    alone = call_pw(second, text)
     assert "Reading PAW becsum" in alone.stdout  # the density alone is no PAW start
     write_paw_occupations(restart.charge_density_path.parent / PAW_OCCUPATIONS, occupations)
     from_file = run_pw(second, text)
