@@ -551,6 +551,7 @@ def test_a_paw_pw_x_start_gets_the_atomic_paw_occupations_beside_the_density(
         pw.charge_density_path.with_name("other.dat"),
     )  # fmt: skip
     assert again.returncode == 2 and "paw.txt already exists" in again.stderr
+    assert not pw.charge_density_path.with_name("other.dat").exists()  # refused before writing
     start_pw_x_from_file(scf)
 
 

@@ -403,6 +403,15 @@ def test_paw_projectors_and_atomic_occupations_follow_the_upf(tmp_path):
     (tmp_path / "spin.in").write_text(WATER_PAW.replace("ecutrho", "nspin = 2\n  ecutrho"))
     with pytest.raises(InputError, match="nspin = 2 with PAW"):
         atomic_paw_occupations(read_pw_input(tmp_path / "spin.in", workdir=tmp_path))
+    (tmp_path / "mixed.in").write_text(WATER_PAW.replace("H.pbe-kjpaw", "H.pz-vbc"))
+    with pytest.raises(InputError, match="PAW datasets beside other pseudopotentials"):
+        atomic_paw_occupations(read_pw_input(tmp_path / "mixed.in", workdir=tmp_path))
+    # a dataset whose PP_OCCUPATIONS lost a value: 4 projectors, 3 occupations
+    text = PAW_UPF[0].read_text()
+    broken = tmp_path / "O.broken.UPF"
+    broken.write_text(text.replace("4.000000000000000E+000  0.000000000000000E+000\n", "4.0\n", 1))
+    with pytest.raises(InputError, match="4 projectors and 3 occupations"):
+        paw_projectors(broken)
 
 
 @needs_pw
