@@ -215,6 +215,9 @@ class Baseline:
         descriptor lists them by type and distance); None keeps the descriptor's ``sel``.
         Fewer, covering only its own ``rcut``, make the baseline cheaper; a training
         point with more within ``rcut`` is refused when the baseline is fitted.
+    ridge
+        Ridge (Tikhonov) penalty of the least-squares fit, relative to the mean square of
+        each feature (see `fit_baseline`); 0: plain least squares.
     """
 
     basis: int = 8
@@ -224,6 +227,7 @@ class Baseline:
     lmax: int | None = None
     trainable: bool = False
     sel: list[int] | None = None
+    ridge: float = 0.0
 
     def __post_init__(self) -> None:
         if self.basis < 1:
@@ -242,6 +246,8 @@ class Baseline:
             )
         if self.sel is not None and any(count < 0 for count in self.sel):
             raise InputError(f"sel must count neighbours, 0 or more, got {self.sel}", "baseline")
+        if not self.ridge >= 0:
+            raise InputError(f"ridge must be 0 or more, got {self.ridge}", "baseline")
 
     @property
     def widths(self) -> np.ndarray:
@@ -575,13 +581,19 @@ def stat_frames(all_stat: dict) -> Iterator[tuple[np.ndarray, ...]]:
 
 
 def fit_baseline(
-    features: np.ndarray, density: np.ndarray, weight: np.ndarray | None = None
+    features: np.ndarray,
+    density: np.ndarray,
+    weight: np.ndarray | None = None,
+    ridge: float = 0.0,
 ) -> np.ndarray:
     """Fit the baseline coefficients to densities by linear least squares (float64).
 
     The fit has a constant term, so the coefficients do not absorb the mean density. Columns
     are scaled to unit root mean square before solving, so features of very different sizes
-    (radial sums and power spectra) are resolved alike; no regularisation.
+    (radial sums and power spectra) are resolved alike. With ``ridge`` the scaled
+    coefficients ``a`` minimise the weighted mean of the squared residuals plus
+    ``ridge * |a|^2`` (the constant is not penalised), which keeps a fit to few distinct
+    neighbourhoods (one small cell) from cancelling large coefficients to follow them.
 
     Parameters
     ----------
@@ -591,6 +603,8 @@ def fit_baseline(
         Density at the grid points, e/Å^3, shape (ngrid,).
     weight
         Weight of each point's squared residual, shape (ngrid,); None weighs all alike.
+    ridge
+        Penalty relative to each scaled feature's mean square (1), 0 or more.
 
     Returns
     -------
@@ -598,10 +612,17 @@ def fit_baseline(
         Coefficients, e/Å^3, shape (nfeatures,).
     """
     root = np.ones(len(density)) if weight is None else np.sqrt(weight)
+    points = np.sum(np.square(root))  # a point of weight w counts w times
     design = np.column_stack([features, np.ones(len(density))]) * root[:, None]
-    scale = np.sqrt(np.mean(np.square(design), axis=0))
+    scale = np.sqrt(np.sum(np.square(design), axis=0) / points)
     scale[scale == 0] = 1.0
-    solution, *_ = np.linalg.lstsq(design / scale, density * root, rcond=None)
+    design, target = design / scale, density * root
+    if ridge > 0:
+        # the penalty as extra rows of the design: sqrt(points ridge) |a| joins the residuals
+        penalty = np.sqrt(points * ridge) * np.eye(features.shape[1], features.shape[1] + 1)
+        design = np.concatenate([design, penalty])
+        target = np.concatenate([target, np.zeros(features.shape[1])])
+    solution, *_ = np.linalg.lstsq(design, target, rcond=None)
     return (solution / scale)[:-1]
 
 
@@ -637,7 +658,7 @@ class DensityFitting(EnerFitting):
         Must be None: spin models are not supported.
     baseline
         Options of `Baseline` (``basis``, ``rcut``, ``width_min``, ``width_max``,
-        ``lmax``, ``trainable``, ``sel``); None: no baseline.
+        ``lmax``, ``trainable``, ``sel``, ``ridge``); None: no baseline.
     **kwargs
         Options of DeePMD-kit's energy fitting (neuron, resnet_dt, precision,
         activation_function, seed, trainable, numb_fparam, numb_aparam).
@@ -837,7 +858,7 @@ class DensityFitting(EnerFitting):
                     "points, or lower the baseline's basis or lmax",
                     "baseline",
                 )
-            coefficients = fit_baseline(features, density, weight)
+            coefficients = fit_baseline(features, density, weight, self.baseline.ridge)
             remainder = density - features @ coefficients
             self.baseline_coefficients = coefficients
             log.info(

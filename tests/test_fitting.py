@@ -700,6 +700,34 @@ def test_weighted_points_count_in_the_statistics_as_repeated_points(si8_frames):
     assert fitting.density_scale == pytest.approx(remainder.std(), rel=1e-10)
 
 
+def test_a_ridge_fit_solves_the_penalised_normal_equations(si8_frames):
+    _, _, types, labels = si8_frames
+    weights = np.random.default_rng(1).integers(1, 4, size=labels.shape).astype(float)
+    ridge = 1e-6
+    fitting = fitted_statistics(si8_frames, labels, weights, baseline={**BASELINE, "ridge": ridge})
+    plain = fitted_statistics(si8_frames, labels, weights)
+    features = numpy_features(si8_frames, [48, 0], Baseline(**BASELINE))
+    features = features.reshape(labels[:, types == 1].size, -1)
+    weight, density = weights[:, types == 1].ravel(), labels[:, types == 1].ravel()
+    design = np.column_stack([features, np.ones(len(density))])
+    scale = np.sqrt(np.average(design**2, axis=0, weights=weight))
+    scaled = design / scale
+    # minimise the weighted mean of r^2 plus ridge |a|^2 over the scaled coefficients a
+    penalty = ridge * np.diag([1.0] * features.shape[1] + [0.0])  # the constant is free
+    normal = scaled.T @ (weight[:, None] * scaled) / weight.sum() + penalty
+    solution = np.linalg.solve(normal, scaled.T @ (weight * density) / weight.sum()) / scale
+    tolerance = 10 * np.linalg.cond(normal) * np.finfo(np.float64).eps
+    assert tolerance < 1e-4
+    np.testing.assert_allclose(
+        fitting.baseline_coefficients, solution[:-1], rtol=0, atol=tolerance * abs(solution).max()
+    )
+    # the penalty shrinks the scaled coefficients and leaves more for the network
+    shrunk, free = (np.linalg.norm(f.baseline_coefficients * scale[:-1]) for f in (fitting, plain))
+    assert shrunk < 0.9 * free and fitting.density_scale > plain.density_scale
+    with pytest.raises(InputError, match="ridge must be 0 or more, got -1"):
+        Baseline(ridge=-1)
+
+
 def test_baseline_beyond_the_descriptor_or_without_a_type_grouped_list_is_refused():
     descrpt = se_e2_a_5([48, 0])
     with pytest.raises(InputError, match=r"rcut 6\.0 Å exceeds") as error:
@@ -774,7 +802,7 @@ def test_baseline_model_serializes_its_coefficients_and_compresses(baseline_mode
     from deepmd.tf.utils.serialization import serialize_from_file
 
     fitting = serialize_from_file(str(baseline_model))["model"]["fitting"]
-    assert fitting["baseline"] == BASELINE_MODEL
+    assert fitting["baseline"] == asdict(Baseline(**BASELINE_MODEL))  # every option, defaults too
     coefficients = fitting["@variables"]["baseline_coefficients"]
     assert coefficients.shape == (6 + 3 * 21,) and np.all(coefficients != 0)
     # the baseline explains most of the Si8 density: the network learns a smaller remainder
