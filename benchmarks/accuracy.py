@@ -112,8 +112,18 @@ SYSTEMS = {
         System(
             "si64us", "crystalline Si, 64 atoms, ultrasoft", "si.json", ("Si",), None, 3, 6.7e-4
         ),
-        # the si64 structures with 2x2x2 shifted k-points instead of Gamma only
-        System("si64k", "crystalline Si, 64 atoms, k 2x2x2", "si.json", ("Si",), None, 6, 6.7e-4),
+        # the si64 structures with 2x2x2 shifted k-points instead of Gamma only; the larger
+        # cell is the Gamma-only Si216 (no k-point Si216 is computed)
+        System(
+            "si64k",
+            "crystalline Si, 64 atoms, k 2x2x2",
+            "si.json",
+            ("Si",),
+            None,
+            6,
+            6.7e-4,
+            "si216",
+        ),
     )
 }
 GLIBC_KEEPS_MEMORY = ":".join(
