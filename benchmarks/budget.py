@@ -156,7 +156,11 @@ RUNS = {
                 variant=f"ridge{ridge:.0e}",
                 changes=(("model.fitting_net.baseline", {**ALMG_RIDGE, "ridge": ridge}),),
             )
-            for ridge, steps in ((1e-7, 2_000), (1e-8, 2_000), (1e-7, 20_000))
+            for ridge, steps in (
+                (ALMG_RIDGE["ridge"], 2_000),
+                (1e-8, 2_000),
+                (ALMG_RIDGE["ridge"], 20_000),
+            )
         ),
         # the baseline keeps the 40 nearest Si (at most 33 lie within its 5 Å) of the 72 slots;
         # the same on the densities computed with 2x2x2 k-points instead of Gamma only
