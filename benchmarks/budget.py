@@ -43,6 +43,16 @@ features with one element, 968 with two (16 channels)."""
 ALMG_RIDGE = {"basis": 12, "rcut": 5.0, "lmax": 8, "ridge": 1e-7}
 """Al-Mg's angular baseline with a ridge penalty: 2,724 features (24 channels); the penalty
 did best on seed 2 of those ``baseline_ablation.py`` tries (``RIDGES``)."""
+SMALL_NETWORK = {
+    "model.descriptor.rcut": 5.0,
+    "model.descriptor.sel": [40, 0],
+    "model.descriptor.neuron": [10, 20, 40],
+    "model.descriptor.axis_neuron": 8,
+    "model.fitting_net.neuron": [64, 64],
+    "model.fitting_net.baseline": {**ANGULAR[1], "sel": [40]},
+}
+"""A small network on si.json's baseline for one element: se_e2_a within the baseline's 5 Å
+(at most 33 Si there in Si64), embedding [10, 20, 40], fitting [64, 64]."""
 STATISTICS_BATCHES = 300
 """Statistics batches for the angular baseline: 60,000 grid points, over 48 per feature."""
 
@@ -175,6 +185,22 @@ RUNS = {
                 (SI64, 2_000),
                 (SYSTEMS["si64k"], 2_000),
                 (SYSTEMS["si64k"], 20_000),
+            )
+        ),
+        # the network added nothing measurable to the Si baseline: a descriptor reaching only
+        # the baseline's 5 Å and a network a tenth of the paper's (~0.15 MFLOP a point)
+        *(
+            angular_run(
+                system,
+                2_000,
+                seeds=seeds,
+                variant="small",
+                changes=tuple(SMALL_NETWORK.items()),
+            )
+            for system, seeds in (
+                (SI64, (1,)),
+                (SYSTEMS["si64k"], (1,)),
+                (SYSTEMS["asi64"], (1, 2)),
             )
         ),
     )
