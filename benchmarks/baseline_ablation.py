@@ -254,6 +254,15 @@ ALONE = (
             ("water32_4structures", (1, 2, 4, 5)),
         )
     ),
+    # four water structures, no longer overfitting: higher angular order, a longer reach
+    Alone(
+        "water32_4structures_shape",
+        tuple(density_file("water32", seed) for seed in (1, 2, 4, 5)),
+        density_file("water32", 3),
+        ("O", "H"),
+        (48, 96, 0),
+        ({"basis": 8, "rcut": 5.0, "lmax": 8}, {"basis": 8, "rcut": 6.0, "lmax": 6}),
+    ),
     # Al26Mg6 from one structure overfits: a ridge penalty on a larger basis (2,724
     # features), the penalty chosen on seed 2, then tested on the unseen seed 3
     *(
