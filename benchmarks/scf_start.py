@@ -96,6 +96,13 @@ CASES = {
             (2,),
             "benchmarks/runs/si64_angular_2000/model.pb",
         ),
+        # the same accuracy from si_fast.json's small network (budget.py), faster to predict
+        Case(
+            "si64fast",
+            md.SYSTEMS["si64"],
+            (2, 3, 4, 5, 6),
+            "benchmarks/runs/si64_angular_small_2000/model.pb",
+        ),
         Case(
             "alslab",
             md.SYSTEMS["alslab"],
