@@ -433,9 +433,8 @@ def neighbour_density(
     concat = getattr(xp, "concat", None) or xp.concatenate
     starts = np.cumsum([0, *sel])
     blocks = [slice(starts[t], starts[t + 1]) for t in range(len(sel) - 1)]
-    radial = concat([xp.einsum("nja->na", phi[:, block]) for block in blocks], 1)
     if baseline.lmax is None:
-        return radial, None
+        return concat([xp.einsum("nja->na", phi[:, block]) for block in blocks], 1), None
     r2 = xp.einsum("njx,njx->nj", rij, rij)
     inverse = 1.0 / xp.sqrt(xp.where(r2 > 0, r2, r2 * 0.0 + 1.0))
     # [npoints, (lmax + 1)^2, neighbours]: stacked inside each point, the layout the product
@@ -444,7 +443,8 @@ def neighbour_density(
         *(rij[..., axis] * inverse for axis in range(3)), baseline.lmax, xp.stack, axis=1
     )
     density = concat([xp.matmul(harmonics[:, :, block], phi[:, block]) for block in blocks], 2)
-    return radial, density
+    # Y_00 = 1 / sqrt(4 pi) for every neighbour, padding included: c_00 is the radial sum
+    return density[:, 0] * np.sqrt(4.0 * np.pi), density
 
 
 def neighbour_features(phi: Any, rij: Any, sel: list[int], baseline: Baseline) -> np.ndarray:
