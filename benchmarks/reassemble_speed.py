@@ -1,10 +1,9 @@
 """Speed of whole-grid prediction: the whole command, its phases, DeePMD-kit's DeepPot.eval.
 
-Trains ``input_templates/si.json`` (the paper's network and the angular baseline) for a few
-steps (speed does not depend on accuracy) in float32 (and float64 with ``--precisions``) on
-the Si64 density of tests/data, compresses it with ``dp compress -s 0.1`` (tabulated
-embedding), then
-measures, each in its own process (for its peak memory):
+Trains ``input_templates/si.json`` (the paper's network and the angular baseline; or
+``--template``) for a few steps (speed does not depend on accuracy) in float32 (and float64
+with ``--precisions``) on the Si64 density of tests/data, compresses it with ``dp compress -s
+0.1`` (tabulated embedding), then measures, each in its own process (for its peak memory):
 
 - command: the whole ``dpcharge reassemble model.pb CHGCAR -o CHGCAR_predicted`` on the Si64
   structure (72^3 = 373,248 points), wall time of the process;
@@ -36,7 +35,8 @@ Usage::
     python benchmarks/reassemble_speed.py --workdir /tmp/bench --threads 1 --only chunk-profile \\
         --baseline '{"basis": 12, "rcut": 5.0, "lmax": 6, "sel": [40]}'
 
-``--baseline`` replaces si.json's baseline (1,240 features) by another, e.g. 558 features.
+``--template`` trains another template than si.json (e.g. ``input_templates/si_fast.json``);
+``--baseline`` replaces its baseline (si.json's: 1,240 features) by another, e.g. 558 features.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SI64 = REPO / "tests" / "data" / "CHGCAR_Si64_gamma_qe.gz"
 SI8 = REPO / "tests" / "data" / "CHGCAR_Si8_qe.gz"
+SI_TEMPLATE = REPO / "input_templates" / "si.json"
 DEEPPOT_POINTS = {200: 4_000, 2000: 10_000}
 """Grid points evaluated by each DeepPot.eval path (chunk size: points)."""
 KINDS = (
@@ -79,7 +80,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--precisions", nargs="+", default=["float32"])
-    parser.add_argument("--baseline", type=json.loads, help="si.json's baseline replaced (JSON)")
+    parser.add_argument(
+        "--template", type=Path, default=SI_TEMPLATE, help="training input (default si.json)"
+    )
+    parser.add_argument("--baseline", type=json.loads, help="its baseline replaced (JSON)")
     parser.add_argument("--measure", nargs=2, metavar=("KIND", "MODEL"), help=argparse.SUPPRESS)
     parser.add_argument("--only", nargs="+", choices=KINDS, default=KINDS, help="kinds to run")
     args = parser.parse_args()
@@ -93,7 +97,7 @@ def main() -> None:
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     models = {
-        precision: train(args.workdir, precision, args.steps, args.baseline)
+        precision: train(args.workdir, precision, args.steps, args.template, args.baseline)
         for precision in args.precisions
     }
     print(
@@ -115,13 +119,17 @@ def main() -> None:
             )
 
 
-def train(workdir: Path, precision: str, steps: int, baseline: dict | None = None) -> Path:
-    """Train si.json in the given precision for a few steps; return the frozen model.
+def train(
+    workdir: Path, precision: str, steps: int, template: Path, baseline: dict | None = None
+) -> Path:
+    """Train a template in the given precision for a few steps; return the frozen model.
 
     Its compressed twin (``dp compress``) is ``compressed.pb`` beside it. ``baseline``
-    replaces si.json's; the folder is then named after it.
+    replaces the template's; the folder is named after the template and the baseline.
     """
     label = "".join(f"_{key}{value}" for key, value in (baseline or {}).items())
+    if template != SI_TEMPLATE:
+        label = f"_{template.stem}{label}"
     folder = workdir / (precision + label.replace(" ", ""))
     model = folder / "model.pb"
     if model.exists():
@@ -142,7 +150,7 @@ def train(workdir: Path, precision: str, steps: int, baseline: dict | None = Non
             "--force",
         ]
     )
-    config = json.loads((REPO / "input_templates" / "si.json").read_text())
+    config = json.loads(template.read_text())
     for section in ("descriptor", "fitting_net"):
         config["model"][section]["precision"] = precision
     if baseline is not None:
