@@ -52,7 +52,8 @@ SMALL_NETWORK = {
     "model.fitting_net.baseline": {**ANGULAR[1], "sel": [40]},
 }
 """A small network on si.json's baseline for one element: se_e2_a within the baseline's 5 Å
-(at most 33 Si there in Si64), embedding [10, 20, 40], fitting [64, 64]."""
+(at most 33 Si there in Si64), embedding [10, 20, 40], fitting [64, 64]; with the ``cosine``
+settings these runs add, ``input_templates/si_fast.json``."""
 STATISTICS_BATCHES = 300
 """Statistics batches for the angular baseline: 60,000 grid points, over 48 per feature."""
 

@@ -128,7 +128,7 @@ def train(
     replaces the template's; the folder is named after the template and the baseline.
     """
     label = "".join(f"_{key}{value}" for key, value in (baseline or {}).items())
-    if template != SI_TEMPLATE:
+    if template.resolve() != SI_TEMPLATE:
         label = f"_{template.stem}{label}"
     folder = workdir / (precision + label.replace(" ", ""))
     model = folder / "model.pb"
