@@ -22,7 +22,6 @@ the network and the result by float round-off (~1e-7 relative in float32).
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 from collections import deque
@@ -123,6 +122,7 @@ class DeepDensity:
                     "models",
                 )
         self.type_map, self.rcut = first.type_map, first.rcut
+        self._listed = max(graph.listed for graph in self._graphs)
 
     @property
     def size(self) -> int:
@@ -269,10 +269,20 @@ class DeepDensity:
         images = surroundings.images
         points = images.wrap(points)
         local = len(points)
-        neighbours = images.tree.query_ball_point(points, self.rcut, return_sorted=False)
-        counts = np.fromiter(map(len, neighbours), dtype=np.int64, count=local)
-        flat = np.fromiter(itertools.chain.from_iterable(neighbours), np.int64, counts.sum())
-        ghosts, neighbour_index = np.unique(flat, return_inverse=True)
+        # one column more than any model lists: a point whose last column is found has more
+        distances, index = images.tree.query(
+            points, k=self._listed + 1, distance_upper_bound=self.rcut
+        )
+        found = np.isfinite(distances)
+        kinds = np.where(found, surroundings.types[np.where(found, index, 0)], -1)
+        for graph in self._graphs:
+            graph.check_neighbours(distances, kinds, found[:, -1].any())
+        counts = found.sum(axis=1)
+        flat = index[found]  # row by row: each point's neighbours together
+        listed = np.zeros(len(images.positions), dtype=bool)
+        listed[flat] = True
+        ghosts = np.flatnonzero(listed)
+        neighbour_index = (np.cumsum(listed) - 1)[flat]
         coords = np.concatenate([points, images.positions[ghosts]])
         types = np.concatenate(
             [np.full(local, self.type_map.grid_index), surroundings.types[ghosts]]
@@ -299,9 +309,11 @@ class _FrozenGraph:
         self.path = path
         graph_def = _read_graph_def(path, tf)
         constants = _graph_constants(graph_def, tf)
-        _check_density_model(path, graph_def, constants)
+        script = _check_density_model(path, graph_def, constants)
         self.type_map = TypeMap.from_names(constants["model_attr/tmap"].decode().split())
         self.rcut = float(constants["descrpt_attr/rcut"])
+        self._limits = _neighbour_limits(constants, script, self.rcut, self.type_map)
+        self.listed = int(np.sum(constants["descrpt_attr/sel"]))  # neighbours of a point
         graph = tf.Graph()  # type: ignore[attr-defined]
         with graph.as_default():
             tf.import_graph_def(graph_def, name="")  # type: ignore[attr-defined]
@@ -312,6 +324,38 @@ class _FrozenGraph:
         self._inputs = {name: graph.get_tensor_by_name(f"{name}:0") for name in _INPUTS}
         self._output = graph.get_tensor_by_name("o_atom_energy:0")
         self._float = self._inputs["t_coord"].dtype.as_numpy_dtype
+
+    def check_neighbours(self, distances: np.ndarray, kinds: np.ndarray, overflow: bool) -> None:
+        """Refuse grid points with more neighbours than the graph lists (`_neighbour_limits`).
+
+        Parameters
+        ----------
+        distances
+            Distance (Å) of each point's nearest atoms, nearest first, inf past the cutoff;
+            shape (points, columns).
+        kinds
+            Type index of each of those atoms, -1 where none was found.
+        overflow
+            True when some point had an atom in every column: it may have more than counted.
+        """
+        if overflow:
+            self._refuse_crowding(f"more than {distances.shape[1] - 1}", self.rcut, self.listed)
+        for radius, element, limit in self._limits:
+            within = distances < radius
+            if element is not None:
+                within &= kinds == element
+            most = int(within.sum(axis=1).max())
+            if most > limit:
+                name = "" if element is None else f" {self.type_map.elements[element]}"
+                self._refuse_crowding(f"{most}{name}", radius, limit)
+
+    def _refuse_crowding(self, count: str, radius: float, limit: int) -> None:
+        raise InputError(
+            f"{self.path}: a grid point of this structure has {count} atoms within {radius:g} "
+            f"Å, and the model lists only the nearest {limit} (its sel): it would ignore the "
+            "others. The structure is denser than the model was made for; train one with a "
+            "larger sel"
+        )
 
     def run(self, feed: dict[str, np.ndarray], local: int) -> np.ndarray:
         """Evaluate the graph; return the density (e/Å^3) at the ``local`` grid points."""
@@ -369,13 +413,16 @@ def _graph_constants(graph_def: object, tf: object) -> dict[str, object]:
     return constants
 
 
-def _check_density_model(path: Path, graph_def: object, constants: dict[str, object]) -> None:
-    """Refuse graphs that are not DeePMD-kit density models (one-line `InputError`)."""
+def _check_density_model(path: Path, graph_def: object, constants: dict[str, object]) -> dict:
+    """Refuse graphs that are not DeePMD-kit density models (one-line `InputError`).
+
+    Returns the training input stored in the graph.
+    """
     not_a_model = InputError(
         f"{path}: not a frozen DeePMD-kit TensorFlow model (freeze one with dp --tf freeze)"
     )
     names = {node.name for node in graph_def.node}  # type: ignore[attr-defined]
-    if not {*_INPUTS, "model_attr/tmap", "descrpt_attr/rcut"} <= names:
+    if not {*_INPUTS, "model_attr/tmap", "descrpt_attr/rcut", "descrpt_attr/sel"} <= names:
         raise not_a_model
     try:
         model_type = constants.get("model_attr/model_type", b"?").decode()  # type: ignore[attr-defined]
@@ -395,3 +442,27 @@ def _check_density_model(path: Path, graph_def: object, constants: dict[str, obj
             f"{path}: not a density model (a DeePMD-kit {kind!r} model); train one with "
             f'"fitting_net": {{"type": "{DENSITY}"}}'
         )
+    return script
+
+
+def _neighbour_limits(
+    constants: dict[str, object], script: dict, rcut: float, type_map: TypeMap
+) -> list[tuple[float, int | None, int]]:
+    """Return the most real atoms a graph lists around a point: (radius Å, element, count).
+
+    DeePMD-kit keeps the nearest ``sel`` neighbours of each type within the descriptor's
+    cutoff and drops the others without a word; the density fitting's baseline keeps its own
+    ``sel`` nearest within its ``rcut``. Element None counts all real atoms (a descriptor
+    whose ``sel`` is one total, as se_atten's).
+    """
+    sel = [int(count) for count in np.atleast_1d(constants["descrpt_attr/sel"])]
+    elements = range(len(type_map.elements))
+    if len(sel) == len(type_map.names):
+        limits = [(rcut, element, sel[element]) for element in elements]
+    else:
+        limits = [(rcut, None, sum(sel))]
+    baseline = script["model"].get("fitting_net", {}).get("baseline") or {}
+    if baseline.get("sel") is not None:
+        radius = float(baseline["rcut"])
+        limits += [(radius, element, int(baseline["sel"][element])) for element in elements]
+    return limits

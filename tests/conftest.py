@@ -14,7 +14,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+from ase import Atoms
 
 TESTS = Path(__file__).parent
 DATA = TESTS / "data"
@@ -83,6 +85,15 @@ def train_and_freeze(folder: Path, config: dict) -> Path:
         result = run(DP, "--tf", *step, cwd=folder)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return folder / "model.pb"
+
+
+def sphere_of_atoms(count, radius=3.0, box=20.0):
+    """``count`` Si atoms spread evenly over a sphere (Å) at the centre of an empty cubic cell."""
+    height = 1 - (2 * np.arange(count) + 1) / count
+    turn = np.pi * (3 - np.sqrt(5)) * np.arange(count)
+    ring = np.sqrt(1 - height**2)
+    directions = np.stack([ring * np.cos(turn), ring * np.sin(turn), height], axis=1)
+    return Atoms(f"Si{count}", positions=box / 2 + radius * directions, cell=[box] * 3, pbc=True)
 
 
 def small_model_input(seed: int) -> dict:

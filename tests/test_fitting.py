@@ -18,6 +18,7 @@ from conftest import (
     TEMPLATES,
     run,
     small_model_input,
+    sphere_of_atoms,
     template,
     train_and_freeze,
 )
@@ -39,6 +40,7 @@ from dpcharge.fitting import (
     grid_sees_grid,
     real_harmonics,
 )
+from dpcharge.inference import DeepDensity
 
 TEMPLATE_NAMES = sorted(path.name for path in TEMPLATES.glob("*.json"))
 
@@ -797,6 +799,18 @@ def test_baseline_model_predicts_with_deeppot_what_reassemble_writes(baseline_mo
     expected = density[tuple(indices.T)]
     assert expected.std() > 0.1  # e/Å^3: points from bonds to voids
     np.testing.assert_allclose(atomic.ravel()[len(atoms) :], expected, rtol=1e-6, atol=0)
+
+
+def test_baseline_model_refuses_a_point_with_more_neighbours_than_its_baseline_keeps(
+    baseline_model,
+):
+    model = DeepDensity(baseline_model)
+    centre = np.full((1, 3), 10.0)
+    assert np.isfinite(model.predict_points(sphere_of_atoms(40), centre)).all()
+    # 41 within 4.5 Å: under the descriptor's 48, over the 40 nearest the baseline keeps
+    message = r"has 41 Si atoms within 4.5 Å, and the model lists only the nearest 40"
+    with pytest.raises(InputError, match=message):
+        model.predict_points(sphere_of_atoms(41), centre)
 
 
 def test_baseline_model_serializes_its_coefficients_and_compresses(baseline_model, tmp_path):

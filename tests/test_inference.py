@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase.build import bulk
+from conftest import sphere_of_atoms
 
 from dpcharge.chgcar import read_density
 from dpcharge.errors import InputError
@@ -114,6 +115,18 @@ def test_unknown_element_and_bad_workers_are_refused(density_model, model):
         model.predict_grid(read_density(SI8)[0], (4, 4, 4), chunk=0)
     with pytest.raises(InputError, match="workers: must be 0"):
         DeepDensity(density_model.model, workers=-1)
+
+
+def test_a_point_with_more_neighbours_than_the_model_lists_is_refused(model):
+    # DeePMD-kit keeps the nearest sel (48 Si within 5 Å) and drops the others silently
+    centre = np.full((1, 3), 10.0)
+    assert np.isfinite(model.predict_points(sphere_of_atoms(48), centre)).all()
+    message = r"has more than 48 atoms within 5 Å, and the model lists only the nearest 48"
+    with pytest.raises(InputError, match=message):
+        model.predict_points(sphere_of_atoms(49), centre)
+    crowded = bulk("Si", "diamond", a=5.43 * 0.8)  # twice as dense: ~60 within 5 Å
+    with pytest.raises(InputError, match="denser than the model was made for"):
+        model.predict_grid(crowded, (6, 6, 6))
 
 
 def test_files_that_are_no_density_model_are_refused(foreign_models, tmp_path):
