@@ -367,16 +367,20 @@ class _FrozenGraph:
 
 
 def _import_tensorflow() -> object:
-    """Import TensorFlow with DeePMD-kit's operators registered.
+    """Import TensorFlow (its v1 API) with DeePMD-kit's operators registered.
 
+    Only DeePMD-kit's operator library is loaded, not its ``deepmd.tf`` package,
+    whose import costs about a second more and which a frozen graph does not need.
     Each chunk is evaluated by one thread (see the module docstring), so
     DeePMD-kit's OpenMP operators get one thread too unless the user set
-    ``OMP_NUM_THREADS``; it is read when DeePMD-kit is first imported.
+    ``OMP_NUM_THREADS``; it is read when the operators first run.
     """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from deepmd.tf.env import op_module, tf  # noqa: F401  (op_module registers the ops)
+    import tensorflow.compat.v1 as tf
+    from deepmd.env import SHARED_LIB_DIR
 
+    tf.load_op_library(str(SHARED_LIB_DIR / "libdeepmd_op.so"))
     return tf
 
 
