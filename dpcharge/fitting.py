@@ -319,6 +319,100 @@ def baseline_neighbours(descrpt: Any, ntypes: int, rcut: float) -> list[int]:
     return sel
 
 
+def element_images(
+    coord: np.ndarray,
+    box: np.ndarray,
+    types: np.ndarray,
+    grid: int,
+    elements: list[int],
+    rcut: float,
+) -> tuple[np.ndarray, dict[int, tuple[cKDTree, np.ndarray]]]:
+    """Return the grid points of one periodic frame and the atoms around them, per element.
+
+    Parameters
+    ----------
+    coord
+        Positions of all atoms, grid points included, Å, shape (natoms, 3).
+    box
+        Cell vectors as rows, Å, shape (3, 3) or (9,).
+    types
+        Type of each atom.
+    grid
+        The grid type.
+    elements
+        The real types to return.
+    rcut
+        Reach, Å: every atom within it of a grid point is among the images.
+
+    Returns
+    -------
+    points
+        The grid points wrapped into the cell, Å, shape (ngrid, 3).
+    trees
+        For each of ``elements`` present in the frame: a k-d tree of its atoms and their
+        periodic images, and those positions (Å).
+    """
+    cell = np.reshape(box, (3, 3))
+    wrapped = (np.reshape(coord, (-1, 3)) @ np.linalg.inv(cell)) % 1.0 @ cell
+    plane_spacing = abs(np.linalg.det(cell)) / np.linalg.norm(
+        np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1
+    )
+    reach = np.ceil(rcut / plane_spacing).astype(int)
+    shifts = np.array(list(product(*(range(-n, n + 1) for n in reach)))) @ cell
+    trees = {}
+    for element in elements:
+        atoms = wrapped[types == element]
+        if len(atoms) > 0:
+            images = (atoms[None, :, :] + shifts[:, None, :]).reshape(-1, 3)
+            trees[element] = (cKDTree(images), images)
+    return wrapped[types == grid], trees
+
+
+def check_descriptor_sel(
+    coord: np.ndarray, box: np.ndarray, types: np.ndarray, descrpt: Any, ntypes: int
+) -> None:
+    """Refuse a training frame with a grid point that has more neighbours than ``sel`` lists.
+
+    DeePMD-kit keeps the nearest ``sel`` atoms of each type within the descriptor's cutoff
+    and drops the others without a word (``dp train --skip-neighbor-stat`` skips the
+    statistics that would warn); ``dpcharge`` refuses such structures when it predicts.
+    Types whose pair with the grid type the descriptor excludes are not counted; a
+    descriptor whose neighbour list is not grouped by type is not checked.
+
+    Parameters
+    ----------
+    coord, box, types
+        One frame, as for `element_images`.
+    descrpt
+        The model's descriptor.
+    ntypes
+        Number of types, the grid type last.
+
+    Raises
+    ------
+    InputError
+        If a grid point has more atoms of a type within the cutoff than ``sel`` lists.
+    """
+    sel = list(getattr(descrpt, "sel_a", None) or [])
+    if len(sel) != ntypes:
+        return
+    excluded = getattr(descrpt, "exclude_types", set())
+    grid = ntypes - 1
+    counted = [t for t in range(grid) if (grid, t) not in excluded and (t, grid) not in excluded]
+    rcut = descrpt.get_rcut()
+    points, trees = element_images(coord, box, types, grid, counted, rcut)
+    for element, (tree, _) in trees.items():
+        most = int(tree.query_ball_point(points, rcut, return_length=True).max(initial=0))
+        if most > sel[element]:
+            raise InputError(
+                f"a training grid point has {most} atoms of type {element} within the "
+                f"descriptor's rcut {rcut} Å, more than its sel {sel[element]}: DeePMD-kit "
+                "would keep the nearest and drop the others without a word. Raise sel "
+                "(dp neighbor-stat gives the data's maximum)",
+                "descriptor",
+            )
+
+
 def baseline_features(
     coord: np.ndarray,
     box: np.ndarray,
@@ -359,21 +453,9 @@ def baseline_features(
     InputError
         If a grid point has more atoms of an element within ``rcut`` than the baseline keeps.
     """
-    cell = np.reshape(box, (3, 3))
-    wrapped = (np.reshape(coord, (-1, 3)) @ np.linalg.inv(cell)) % 1.0 @ cell
-    plane_spacing = abs(np.linalg.det(cell)) / np.linalg.norm(
-        np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1
-    )
-    reach = np.ceil(baseline.rcut / plane_spacing).astype(int)
-    shifts = np.array(list(product(*(range(-n, n + 1) for n in reach)))) @ cell
-    points = wrapped[types == len(sel) - 1]
     kept = baseline.neighbours(sel)
-    trees = {}
-    for element, count in enumerate(kept[:-1]):
-        atoms = wrapped[types == element]
-        if count > 0 and len(atoms) > 0:
-            images = (atoms[None, :, :] + shifts[:, None, :]).reshape(-1, 3)
-            trees[element] = (cKDTree(images), images)
+    elements = [element for element, count in enumerate(kept[:-1]) if count > 0]
+    points, trees = element_images(coord, box, types, len(sel) - 1, elements, baseline.rcut)
     features = np.zeros((len(points), baseline.n_features(len(sel) - 1)))
     for start in range(0, len(points), chunk):
         centres = points[start : start + chunk]
@@ -834,6 +916,7 @@ class DensityFitting(EnerFitting):
             sel = baseline_neighbours(self.descriptor, self.ntypes, self.baseline.rcut)
         densities, weights, features = [], [], []
         for coord, box, types, labels, weight in stat_frames(all_stat):
+            check_descriptor_sel(coord, box, types, self.descriptor, self.ntypes)
             densities.append(labels[types == self.grid_type])
             weights.append(weight[types == self.grid_type])
             if self.baseline is not None:

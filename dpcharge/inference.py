@@ -457,12 +457,19 @@ def _neighbour_limits(
     DeePMD-kit keeps the nearest ``sel`` neighbours of each type within the descriptor's
     cutoff and drops the others without a word; the density fitting's baseline keeps its own
     ``sel`` nearest within its ``rcut``. Element None counts all real atoms (a descriptor
-    whose ``sel`` is one total, as se_atten's).
+    whose ``sel`` is one total, as se_atten's); an element whose pair with the grid type the
+    descriptor excludes is not counted (as `dpcharge.fitting.check_descriptor_sel`).
     """
     sel = [int(count) for count in np.atleast_1d(constants["descrpt_attr/sel"])]
     elements = range(len(type_map.elements))
+    grid = type_map.grid_index
+    excluded = {tuple(pair) for pair in script["model"]["descriptor"].get("exclude_types", [])}
     if len(sel) == len(type_map.names):
-        limits = [(rcut, element, sel[element]) for element in elements]
+        limits = [
+            (rcut, element, sel[element])
+            for element in elements
+            if (grid, element) not in excluded and (element, grid) not in excluded
+        ]
     else:
         limits = [(rcut, None, sum(sel))]
     baseline = script["model"].get("fitting_net", {}).get("baseline") or {}

@@ -36,6 +36,7 @@ from dpcharge.fitting import (
     DensityLoss,
     DensityModel,
     baseline_features,
+    check_descriptor_sel,
     graph_baseline,
     grid_sees_grid,
     real_harmonics,
@@ -533,6 +534,22 @@ def test_a_baseline_that_keeps_too_few_neighbours_is_refused(si8_frames):
         numpy_features(si8_frames, [48, 0], baseline)
     with pytest.raises(InputError, match=r"at most the descriptor's sel \[48\]"):
         Baseline(**BASELINE, sel=[49]).neighbours([48, 0])
+
+
+def test_a_descriptor_sel_below_a_training_points_neighbours_is_refused(si8_frames):
+    # dp train --skip-neighbor-stat would train on the nearest sel atoms, dropping the others
+    crowded = most_neighbours(si8_frames, 5.0)
+    coords, cells, types, _ = si8_frames
+    for coord, cell in zip(coords, cells, strict=True):
+        check_descriptor_sel(coord, cell, types, se_e2_a_5([crowded, 0]), 2)
+    message = rf"has {crowded} atoms of type 0 within the descriptor's rcut 5.0 Å, more than "
+    with pytest.raises(InputError, match=message + rf"its sel {crowded - 1}"):
+        for coord, cell in zip(coords, cells, strict=True):
+            check_descriptor_sel(coord, cell, types, se_e2_a_5([crowded - 1, 0]), 2)
+    blind = Descriptor(
+        type="se_e2_a", sel=[1, 0], rcut=5.0, rcut_smth=0.0, neuron=[4, 8], exclude_types=[[0, 1]]
+    )  # grid points that do not see Si: their Si are not counted
+    check_descriptor_sel(coords[0], cells[0], types, blind, 2)
 
 
 def test_real_harmonics_obey_the_addition_theorem_and_vanish_at_the_origin():

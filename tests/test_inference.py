@@ -8,8 +8,9 @@ from ase.build import bulk
 from conftest import sphere_of_atoms
 
 from dpcharge.chgcar import read_density
+from dpcharge.conventions import TypeMap
 from dpcharge.errors import InputError
-from dpcharge.inference import DeepDensity
+from dpcharge.inference import DeepDensity, _neighbour_limits
 
 DATA = Path(__file__).parent / "data"
 SI8 = DATA / "CHGCAR_Si8_qe.gz"
@@ -127,6 +128,21 @@ def test_a_point_with_more_neighbours_than_the_model_lists_is_refused(model):
     crowded = bulk("Si", "diamond", a=5.43 * 0.8)  # twice as dense: ~60 within 5 Å
     with pytest.raises(InputError, match="denser than the model was made for"):
         model.predict_grid(crowded, (6, 6, 6))
+
+
+def test_neighbour_limits_follow_the_descriptor_the_baseline_and_excluded_pairs():
+    script = {
+        "model": {
+            "descriptor": {"exclude_types": [[0, 1], [1, 2]]},  # H-X: grid points see no H
+            "fitting_net": {"baseline": {"rcut": 5.0, "sel": [32, 56]}},
+        }
+    }
+    water = TypeMap(("O", "H"))
+    limits = _neighbour_limits({"descrpt_attr/sel": np.array([48, 96, 0])}, script, 6.5, water)
+    assert limits == [(6.5, 0, 48), (5.0, 0, 32), (5.0, 1, 56)]
+    del script["model"]["fitting_net"]["baseline"]
+    one_total = _neighbour_limits({"descrpt_attr/sel": np.array([120])}, script, 6.5, water)
+    assert one_total == [(6.5, None, 120)]  # a list not grouped by type (se_atten)
 
 
 def test_files_that_are_no_density_model_are_refused(foreign_models, tmp_path):
