@@ -359,6 +359,11 @@ REASSEMBLE = {
         lambda f, m: ["reassemble", m.pb, SI64, "-o", "out", "--spacing", 0.001],
         "GiB are free",
     ),
+    "structure denser than the model's sel": (
+        # silicon squeezed to 0.8 of its lattice constant: ~60 Si within 5 Å, the model lists 48
+        lambda f, m: ["reassemble", m.pb, poscar(f, bulk("Si", "diamond", a=4.34)), "-o", "out"],
+        "more than 48 atoms within 5 Å, and the model lists only the nearest 48 (its sel)",
+    ),
     "normalize without reference": (
         lambda f, m: ["reassemble", m.pb, poscar(f), "-o", "out", "--normalize"],
         "--normalize needs a reference density",
