@@ -625,9 +625,11 @@ def graph_baseline(
         tf.matmul(angular, tf.constant(spread, angular.dtype)),
         [baseline.lmax + 1, channels, channels],
     )
-    degrees = np.repeat(np.arange(baseline.lmax + 1), 2 * np.arange(baseline.lmax + 1) + 1)
-    contracted = tf.einsum("nyc,ycd->nyd", density, tf.gather(matrices, degrees))
-    return value + tf.reduce_sum(density * contracted, axis=[1, 2])
+    for degree in range(baseline.lmax + 1):  # one product of [npoints * (2l + 1), C] by W_l
+        block = density[:, degree**2 : (degree + 1) ** 2]
+        contracted = tf.matmul(tf.reshape(block, [-1, channels]), matrices[degree])
+        value += tf.reduce_sum(block * tf.reshape(contracted, tf.shape(block)), axis=[1, 2])
+    return value
 
 
 def stat_frames(all_stat: dict) -> Iterator[tuple[np.ndarray, ...]]:
