@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 from ase import Atoms
@@ -349,7 +350,7 @@ class _FrozenGraph:
                 name = "" if element is None else f" {self.type_map.elements[element]}"
                 self._refuse_crowding(f"{most}{name}", radius, limit)
 
-    def _refuse_crowding(self, count: str, radius: float, limit: int) -> None:
+    def _refuse_crowding(self, count: str, radius: float, limit: int) -> NoReturn:
         raise InputError(
             f"{self.path}: a grid point of this structure has {count} atoms within {radius:g} "
             f"Å, and the model lists only the nearest {limit} (its sel): it would ignore the "
