@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ase.io
 import numpy as np
 import pytest
 from ase.build import bulk
+from conftest import sphere_of_atoms
 
 from dpcharge import parallel
 from dpcharge.errors import InputError
@@ -123,6 +125,27 @@ def test_mpirun_error_ends_all_ranks_with_one_message(density_model, tmp_path, s
     assert result.returncode != 0
     assert result.stderr.count("dpcharge: error:") == 1, result.stderr
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@needs_mpi
+def test_mpirun_a_refusal_in_one_ranks_block_ends_all_ranks_with_one_message(
+    density_model, tmp_path
+):
+    # 60 Si on a 3 Å sphere centred at x = 13 Å of a 20 Å box: only the grid points of the
+    # planes x = 12 and 14 Å (chunks 6 and 7 of ten of 100) have more than the model's 48
+    # within 5 Å (up to 42 elsewhere), all in rank 1's block
+    crowded = sphere_of_atoms(60)
+    crowded.translate([3.0, 0.0, 0.0])
+    ase.io.write(tmp_path / "POSCAR", crowded, format="vasp")
+    result = mpirun(
+        2, "reassemble", density_model.model, tmp_path / "POSCAR", "-o", tmp_path / "out",
+        "--grid", 10, 10, 10, "--chunk", 100,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("dpcharge: error:") == 1, result.stderr
+    assert "the model lists only the nearest 48 (its sel)" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
 
