@@ -13,9 +13,10 @@ start=$SECONDS
 echo "== 1/5 convert $train (Si64, 72^3 grid) into 1e5 grid points as pseudo-atoms"
 dpcharge convert "$train" -o "$work/data" --validation 0.1
 
-echo "== 2/5 dp train: the paper's network, 8000 steps (2-4 minutes on 2 cores);"
+echo "== 2/5 dp train: input_templates/si_fast.json, a least-squares fit of the neighbour density"
+echo "        and a small network on top, 2000 steps (1-2 minutes);"
 echo "        learning curve (rmse_rho, mae_rho in e/Å^3) in $work/lcurve.out"
-cp examples/si64/input.json "$work/input.json"
+cp input_templates/si_fast.json "$work/input.json"
 (cd "$work" && dp --tf train --skip-neighbor-stat input.json > train.log 2>&1) || {
   tail -20 "$work/train.log"; exit 1; }
 tail -1 "$work/lcurve.out" | awk '{printf "        step %s: validation RMSE %s, MAE %s e/Å^3\n", $1, $2, $4}'
