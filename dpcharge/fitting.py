@@ -396,9 +396,9 @@ def check_descriptor_sel(
     sel = list(getattr(descrpt, "sel_a", None) or [])
     if len(sel) != ntypes:
         return
-    excluded = getattr(descrpt, "exclude_types", set())
+    excluded = getattr(descrpt, "exclude_types", set())  # DeePMD-kit holds both orders
     grid = ntypes - 1
-    counted = [t for t in range(grid) if (grid, t) not in excluded and (t, grid) not in excluded]
+    counted = [t for t in range(grid) if (grid, t) not in excluded]
     rcut = descrpt.get_rcut()
     points, trees = element_images(coord, box, types, grid, counted, rcut)
     for element, (tree, _) in trees.items():
