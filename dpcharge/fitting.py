@@ -31,7 +31,8 @@ they have no fitting network, and the loss never sees them.
   to the training densities (`baseline_features` in numpy for the fit,
   `graph_baseline` in the graph, which contracts the spectrum with the fitted
   coefficients without forming it; one expression `neighbour_density` for both); the
-  network learns the density minus it.
+  network learns the density minus it, and with ``network_input`` also takes the
+  features (`graph_features`) after the descriptor.
 
 The input schemas of the three types are in `dpcharge.schema`.
 """
@@ -218,6 +219,10 @@ class Baseline:
     ridge
         Ridge (Tikhonov) penalty of the least-squares fit, relative to the mean square of
         each feature (see `fit_baseline`); 0: plain least squares.
+    network_input
+        Also give the features, standardised by their mean and standard deviation over the
+        statistics points, to the fitting network beside the descriptor, so the network
+        sees the neighbour density's shape that the linear fit sees.
     """
 
     basis: int = 8
@@ -228,6 +233,7 @@ class Baseline:
     trainable: bool = False
     sel: list[int] | None = None
     ridge: float = 0.0
+    network_input: bool = False
 
     def __post_init__(self) -> None:
         if self.basis < 1:
@@ -554,22 +560,20 @@ def neighbour_features(phi: Any, rij: Any, sel: list[int], baseline: Baseline) -
     return np.concatenate([radial, *spectrum], 1)
 
 
-def graph_baseline(
+def graph_neighbour_density(
     nlist: tf.Tensor,
     rij: tf.Tensor,
     sel: list[int],
     baseline: Baseline,
     nloc: tf.Tensor,
     points: tf.Tensor,
-    coefficients: tf.Tensor,
-) -> tf.Tensor:
-    """Return the baseline at the grid points from the descriptor's neighbour list.
+) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """Return the neighbour density of the grid points from the descriptor's neighbour list.
 
-    The graph twin of ``baseline_features(...) @ coefficients``. Only the last ``points``
-    local atoms of each frame (the grid points: DeePMD-kit sorts local atoms by type, the
-    grid type last) and the first ``baseline.neighbours(sel)[t]`` neighbours of each type
-    (the nearest) are used. The power spectrum is never formed: with the coefficients of
-    ``p^l_AB`` (A <= B) as a symmetric matrix ``W_l``, its part is ``sum_m c_lm^T W_l c_lm``.
+    The graph twin of `neighbour_density` as `baseline_features` calls it. Only the last
+    ``points`` local atoms of each frame (the grid points: DeePMD-kit sorts local atoms by
+    type, the grid type last) and the first ``baseline.neighbours(sel)[t]`` neighbours of
+    each type (the nearest) are used.
 
     Parameters
     ----------
@@ -586,13 +590,11 @@ def graph_baseline(
         Local atoms per frame.
     points
         Grid points per frame: the last local atoms.
-    coefficients
-        The coefficient of each feature, in ``baseline_features``'s order.
 
     Returns
     -------
-    tf.Tensor
-        The baseline (e/Å^3, without the constant), shape [nframes * points], in ``rij``'s
+    radial, density
+        As `neighbour_density`, for the ``nframes * points`` grid points, in ``rij``'s
         precision.
     """
     nnei = sum(sel)
@@ -610,13 +612,44 @@ def graph_baseline(
     r2 = r2[:, :, None]
     widths = tf.constant(baseline.widths, r2.dtype)
     phi = tf.exp(-r2 / (2.0 * tf.square(widths))) * tf.square(1.0 - r2 / baseline.rcut**2)
-    radial, density = neighbour_density(phi, rij, kept, baseline, tf)
-    channels = (len(sel) - 1) * baseline.basis
+    return neighbour_density(phi, rij, kept, baseline, tf)
+
+
+def graph_baseline(
+    radial: tf.Tensor,
+    density: tf.Tensor | None,
+    elements: int,
+    baseline: Baseline,
+    coefficients: tf.Tensor,
+) -> tf.Tensor:
+    """Return the baseline at the grid points: ``baseline_features(...) @ coefficients``.
+
+    The power spectrum is never formed: with the coefficients of ``p^l_AB`` (A <= B) as a
+    symmetric matrix ``W_l``, its part is ``sum_m c_lm^T W_l c_lm``.
+
+    Parameters
+    ----------
+    radial, density
+        The neighbour density of the grid points (`graph_neighbour_density`).
+    elements
+        Real elements.
+    baseline
+        The basis.
+    coefficients
+        The coefficient of each feature, in ``baseline_features``'s order.
+
+    Returns
+    -------
+    tf.Tensor
+        The baseline (e/Å^3, without the constant), shape [npoints], in ``radial``'s
+        precision.
+    """
+    channels = elements * baseline.basis
     value = tf.linalg.matvec(radial, coefficients[:channels])
     if density is None:
         return value
     # each pair's coefficient, halved, at (A, B) and (B, A) of W_l: c^T W c = sum_AB w_AB p_AB
-    first, second = baseline.pairs(len(sel) - 1)
+    first, second = baseline.pairs(elements)
     spread = np.zeros((len(first), channels * channels))
     np.add.at(spread, (np.arange(len(first)), first * channels + second), 0.5)
     np.add.at(spread, (np.arange(len(first)), second * channels + first), 0.5)
@@ -630,6 +663,37 @@ def graph_baseline(
         contracted = tf.matmul(tf.reshape(block, [-1, channels]), matrices[degree])
         value += tf.reduce_sum(block * tf.reshape(contracted, tf.shape(block)), axis=[1, 2])
     return value
+
+
+def graph_features(
+    radial: tf.Tensor, density: tf.Tensor | None, elements: int, baseline: Baseline
+) -> tf.Tensor:
+    """Return the baseline's features at the grid points, as `baseline_features` orders them.
+
+    Parameters
+    ----------
+    radial, density
+        The neighbour density of the grid points (`graph_neighbour_density`).
+    elements
+        Real elements.
+    baseline
+        The basis.
+
+    Returns
+    -------
+    tf.Tensor
+        Shape [npoints, ``baseline.n_features(elements)``], in ``radial``'s precision.
+    """
+    if density is None:
+        return radial
+    channels = elements * baseline.basis
+    first, second = baseline.pairs(elements)
+    spectrum = []
+    for degree in range(baseline.lmax + 1):  # p^l_AB = sum_m c_A,lm c_B,lm, pairs A <= B
+        block = density[:, degree**2 : (degree + 1) ** 2]
+        products = tf.reshape(tf.matmul(block, block, transpose_a=True), [-1, channels**2])
+        spectrum.append(tf.gather(products, first * channels + second, axis=1))
+    return tf.concat([radial, *spectrum], 1)
 
 
 def stat_frames(all_stat: dict) -> Iterator[tuple[np.ndarray, ...]]:
@@ -742,7 +806,7 @@ class DensityFitting(EnerFitting):
         Must be None: spin models are not supported.
     baseline
         Options of `Baseline` (``basis``, ``rcut``, ``width_min``, ``width_max``,
-        ``lmax``, ``trainable``, ``sel``, ``ridge``); None: no baseline.
+        ``lmax``, ``trainable``, ``sel``, ``ridge``, ``network_input``); None: no baseline.
     **kwargs
         Options of DeePMD-kit's energy fitting (neuron, resnet_dt, precision,
         activation_function, seed, trainable, numb_fparam, numb_aparam).
@@ -782,9 +846,13 @@ class DensityFitting(EnerFitting):
         self.descriptor = descrpt
         self.grid_type = ntypes - 1
         self.density_scale = 1.0
-        self.baseline_coefficients = np.zeros(
-            self.baseline.n_features(ntypes - 1) if self.baseline else 0, dtype=np.float64
-        )
+        features = self.baseline.n_features(ntypes - 1) if self.baseline else 0
+        self.baseline_coefficients = np.zeros(features, dtype=np.float64)
+        # the network's extra inputs: mean and spread of each feature, and their graph tensor
+        inputs = features if self.baseline and self.baseline.network_input else 0
+        self.features_avg = np.zeros(inputs, dtype=np.float64)
+        self.features_std = np.ones(inputs, dtype=np.float64)
+        self.network_features: tf.Tensor | None = None
         self.stats_from_labels = False
 
     def _build_lower(
@@ -800,13 +868,25 @@ class DensityFitting(EnerFitting):
 
         Follows ``deepmd.tf.fit.ener.EnerFitting._build_lower(start_index, natoms,
         inputs, fparam, aparam, bias_atom_e, type_suffix, suffix, reuse)``, which
-        its ``build`` calls with ``type_suffix="_type_<index>"`` for each type.
+        its ``build`` calls with ``type_suffix="_type_<index>"`` for each type. With
+        ``network_features`` the grid points' net takes them after the descriptor.
         """
         if type_suffix.startswith("_type_") and int(type_suffix[6:]) != self.grid_type:
             return tf.zeros([tf.shape(inputs)[0] * natoms, 1], GLOBAL_TF_FLOAT_PRECISION)
-        net = super()._build_lower(
-            start_index, natoms, inputs, *args, type_suffix=type_suffix, **kwargs
-        )
+        width = 0
+        if self.network_features is not None:
+            width = len(self.features_avg)
+            descriptor = tf.slice(inputs, [0, start_index, 0], [-1, natoms, -1])
+            features = tf.reshape(self.network_features, [tf.shape(inputs)[0], natoms, width])
+            inputs = tf.concat([descriptor, tf.cast(features, descriptor.dtype)], axis=2)
+            start_index = 0
+        self.dim_descrpt += width  # as EnerFitting's build widens it for a type embedding
+        try:
+            net = super()._build_lower(
+                start_index, natoms, inputs, *args, type_suffix=type_suffix, **kwargs
+            )
+        finally:
+            self.dim_descrpt -= width
         return net * self.t_density_scale
 
     def build(
@@ -853,21 +933,43 @@ class DensityFitting(EnerFitting):
                     trainable=self.baseline.trainable,
                     initializer=tf.constant_initializer(self.baseline_coefficients),
                 )
-        outs = super().build(inputs, natoms, input_dict, reuse=reuse, suffix=suffix)
+                radial, density = self._build_neighbour_density(natoms)
+            if len(self.features_avg):
+                t_avg, t_std = (
+                    tf.get_variable(
+                        name,
+                        value.shape,
+                        dtype=GLOBAL_TF_FLOAT_PRECISION,
+                        trainable=False,
+                        initializer=tf.constant_initializer(value),
+                    )
+                    for name, value in (
+                        ("t_features_avg", self.features_avg),
+                        ("t_features_std", self.features_std),
+                    )
+                )
+                features = graph_features(radial, density, self.ntypes - 1, self.baseline)
+                self.network_features = (features - t_avg) / t_std
+        try:
+            outs = super().build(inputs, natoms, input_dict, reuse=reuse, suffix=suffix)
+        finally:
+            self.network_features = None
         if self.baseline is not None:
-            outs += tf.reshape(self._build_baseline(t_baseline, natoms), [-1])
+            values = graph_baseline(radial, density, self.ntypes - 1, self.baseline, t_baseline)
+            nloc, points = natoms[0], natoms[1 + self.ntypes]
+            values = tf.pad(tf.reshape(values, [-1, points]), [[0, 0], [nloc - points, 0]])
+            outs += tf.reshape(values, [-1])
         outs = tf.reshape(outs, [-1, natoms[0]]) * grid_mask(natoms, self.ntypes)
         return tf.reshape(outs, [-1])
 
-    def _build_baseline(self, coefficients: tf.Tensor, natoms: tf.Tensor) -> tf.Tensor:
-        """Return the baseline (e/Å^3) of every local atom, 0 at real atoms, [nframes, nloc]."""
+    def _build_neighbour_density(self, natoms: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """Return the baseline's neighbour density of the grid points (`neighbour_density`)."""
         if self.descriptor is None:
             raise InputError("needs the model's descriptor", "baseline")
         sel = baseline_neighbours(self.descriptor, self.ntypes, self.baseline.rcut)
         nlist, rij, *_ = self.descriptor.get_nlist()
         nloc, points = natoms[0], natoms[1 + self.ntypes]
-        values = graph_baseline(nlist, rij, sel, self.baseline, nloc, points, coefficients)
-        return tf.pad(tf.reshape(values, [-1, points]), [[0, 0], [nloc - points, 0]])
+        return graph_neighbour_density(nlist, rij, sel, self.baseline, nloc, points)
 
     def init_variables(self, graph: tf.Graph, graph_def: tf.GraphDef, suffix: str = "") -> None:
         """Take the variables, bias and scale from a frozen graph (dp compress, init).
@@ -888,6 +990,11 @@ class DensityFitting(EnerFitting):
         if self.baseline is not None:
             self.baseline_coefficients = get_tensor_by_name_from_graph(
                 graph, f"fitting_attr{suffix}/t_baseline"
+            )
+        if len(self.features_avg):
+            self.features_avg, self.features_std = (
+                get_tensor_by_name_from_graph(graph, f"fitting_attr{suffix}/t_features_{name}")
+                for name in ("avg", "std")
             )
 
     def compute_input_stats(self, all_stat: dict, *args: Any, **kwargs: Any) -> None:
@@ -946,6 +1053,12 @@ class DensityFitting(EnerFitting):
             coefficients = fit_baseline(features, density, weight, self.baseline.ridge)
             remainder = density - features @ coefficients
             self.baseline_coefficients = coefficients
+            if len(self.features_avg):
+                self.features_avg = np.average(features, axis=0, weights=weight)
+                spread = np.sqrt(
+                    np.average(np.square(features - self.features_avg), axis=0, weights=weight)
+                )
+                self.features_std = np.where(spread > 0, spread, 1.0)
             log.info(
                 "baseline fitted to %d grid points: density std %.6g, remainder std %.6g e/Å^3",
                 density.size,
@@ -1001,7 +1114,7 @@ class DensityFitting(EnerFitting):
             The energy fitting's data, ``type`` ``density``, the baseline options,
             and the scale and baseline coefficients in ``@variables``.
         """
-        variables = self.fitting_net_variables
+        variables, width = self.fitting_net_variables, len(self.features_avg)
         if variables is not None:
             # DeePMD-kit's deserialize_network stores 0.0 for an absent ``idt`` (a
             # layer without skip connection), which its serialize_network cannot
@@ -1009,15 +1122,20 @@ class DensityFitting(EnerFitting):
             self.fitting_net_variables = {
                 key: value for key, value in variables.items() if np.ndim(value) > 0
             }
+        self.dim_descrpt += width  # the networks' input: the descriptor and the features
         try:
             data = super().serialize(suffix=suffix)
         finally:
             self.fitting_net_variables = variables
+            self.dim_descrpt -= width
+        data["dim_descrpt"] -= width
         data["type"] = DENSITY
         data["var_name"] = "density"
         data["baseline"] = asdict(self.baseline) if self.baseline is not None else None
         data["@variables"]["density_scale"] = np.array(self.density_scale)
         data["@variables"]["baseline_coefficients"] = self.baseline_coefficients
+        data["@variables"]["features_avg"] = self.features_avg
+        data["@variables"]["features_std"] = self.features_std
         return data
 
     @classmethod
@@ -1041,6 +1159,11 @@ class DensityFitting(EnerFitting):
         if fitting.baseline is not None:
             fitting.baseline_coefficients = np.asarray(
                 data["@variables"]["baseline_coefficients"], dtype=np.float64
+            )
+        if len(fitting.features_avg):
+            fitting.features_avg, fitting.features_std = (
+                np.asarray(data["@variables"][f"features_{name}"], dtype=np.float64)
+                for name in ("avg", "std")
             )
         return fitting
 

@@ -100,6 +100,17 @@ def _baseline_args() -> list[Argument]:
             "neighbourhoods and allows a larger basis (an unseen Al26Mg6: 13-20 % less "
             "error); where the plain fit transfers well (Si64) any penalty costs accuracy.",
         ),
+        Argument(
+            "network_input",
+            bool,
+            optional=True,
+            default=False,
+            doc="Also give the baseline's features (radial sums and power spectrum), each "
+            "standardised by its mean and standard deviation over the statistics points, to "
+            "the fitting network after the descriptor: the network then sees the neighbour "
+            "density's shape as the linear fit does. Its first layer grows by "
+            "(lmax + 1) * C (C + 1) / 2 + C inputs (C = elements * basis).",
+        ),
     ]
 
 

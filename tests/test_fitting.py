@@ -38,6 +38,8 @@ from dpcharge.fitting import (
     baseline_features,
     check_descriptor_sel,
     graph_baseline,
+    graph_features,
+    graph_neighbour_density,
     grid_sees_grid,
     real_harmonics,
 )
@@ -475,7 +477,7 @@ def most_neighbours(frames, rcut):
 
 
 @pytest.mark.parametrize(("sel", "kept", "lmax"), [(48, None, None), (48, None, 4), (48, -1, 4)])
-def test_graph_baseline_equals_the_numpy_features_times_the_coefficients(
+def test_graph_features_and_baseline_equal_the_numpy_features_and_their_product(
     si8_frames, sel, kept, lmax
 ):
     from deepmd.common import make_default_mesh
@@ -504,14 +506,14 @@ def test_graph_baseline_equals_the_numpy_features_times_the_coefficients(
         )
         nlist, rij, sel_a, _ = descrpt.get_nlist()
         natoms = inputs["natoms"]
-        values = graph_baseline(
-            nlist, rij, sel_a, baseline, natoms[0], natoms[3], tf.constant(coefficients)
-        )
+        radial, density = graph_neighbour_density(nlist, rij, sel_a, baseline, natoms[0], natoms[3])
+        values = graph_baseline(radial, density, 1, baseline, tf.constant(coefficients))
+        graph_spectrum = graph_features(radial, density, 1, baseline)
         sess.run(tf.global_variables_initializer())
         ngrid = int((types == 1).sum())
         assert np.all(types[-ngrid:] == 1)  # DeePMD-kit's order: grid points last
-        computed = sess.run(
-            values,
+        computed, spectrum = sess.run(
+            [values, graph_spectrum],
             {
                 inputs["coord"]: coords.ravel(),
                 inputs["box"]: cells.ravel(),
@@ -520,6 +522,10 @@ def test_graph_baseline_equals_the_numpy_features_times_the_coefficients(
                 inputs["mesh"]: make_default_mesh(True, False),
             },
         )
+    # the features the network may take: the same numbers, each a float64 sum
+    np.testing.assert_allclose(
+        spectrum.reshape(features.shape), features, rtol=1e-12, atol=1e-12 * features.max()
+    )
     # float64 sums of terms as large as |features| @ |coefficients|
     scale = np.abs(features) @ np.abs(coefficients)
     np.testing.assert_allclose(
@@ -777,14 +783,15 @@ def test_baseline_options_have_defaults_and_old_inputs_have_no_baseline():
     assert options == {**asdict(Baseline()), "trainable": True}
 
 
-BASELINE_MODEL = {**BASELINE, "lmax": 2, "trainable": True, "sel": [40]}
-"""The baseline of the shared baseline model."""
+BASELINE_MODEL = {**BASELINE, "lmax": 2, "trainable": True, "sel": [40], "network_input": True}
+"""The baseline of the shared baseline model, its features also the network's input."""
 
 
 @pytest.fixture(scope="module")
 def baseline_model(density_model, tmp_path_factory):
     """The shared small model's input and data with a trainable angular baseline (lmax 2)
-    that keeps 40 of the descriptor's 72 neighbours, trained 200 steps."""
+    that keeps 40 of the descriptor's 72 neighbours and feeds its features to the network,
+    trained 200 steps."""
     folder = tmp_path_factory.mktemp("baseline_model")
     (folder / "data").symlink_to(density_model.data)
     config = small_model_input(seed=1)
@@ -839,10 +846,16 @@ def test_baseline_model_serializes_its_coefficients_and_compresses(baseline_mode
     assert fitting["baseline"] == asdict(Baseline(**BASELINE_MODEL))  # every option, defaults too
     coefficients = fitting["@variables"]["baseline_coefficients"]
     assert coefficients.shape == (6 + 3 * 21,) and np.all(coefficients != 0)
+    # the network's input: the descriptor's 20 * 4 numbers, then the 69 standardised features
+    assert fitting["dim_descrpt"] == 20 * 4
+    assert fitting["nets"]["networks"][1]["layers"][0]["@variables"]["w"].shape[0] == 20 * 4 + 69
+    assert np.all(fitting["@variables"]["features_std"] > 0)
+    assert np.all(fitting["@variables"]["features_avg"][:6] > 0)  # radial sums
     # the baseline explains most of the Si8 density: the network learns a smaller remainder
     assert fitting["@variables"]["density_scale"] < 0.3 * 0.138
     rebuilt = Fitting.deserialize(fitting)
     np.testing.assert_array_equal(rebuilt.baseline_coefficients, coefficients)
+    np.testing.assert_array_equal(rebuilt.features_std, fitting["@variables"]["features_std"])
     compressed = tmp_path / "compressed.pb"
     # -s 0.1: the tables span s = 1/r up to grid points 0.01 Å from a nucleus (the default
     # step of 0.01 makes a table of half a gigabyte); -t: the training script, for the
