@@ -43,13 +43,17 @@ features with one element, 968 with two (16 channels)."""
 ALMG_RIDGE = {"basis": 12, "rcut": 5.0, "lmax": 8, "ridge": 1e-7}
 """Al-Mg's angular baseline with a ridge penalty: 2,724 features (24 channels); the penalty
 did best on seed 2 of those ``baseline_ablation.py`` tries (``RIDGES``)."""
+SI_SEL40 = {**ANGULAR[1], "sel": [40]}
+"""si.json's baseline: the 40 nearest Si (at most 33 lie within its 5 Å)."""
+RATE_1E3 = {"type": "cosine", "start_lr": 1e-3, "stop_lr": 1e-5}
+"""A tenth of the ``cosine`` settings' start rate."""
 SMALL_NETWORK = {
     "model.descriptor.rcut": 5.0,
     "model.descriptor.sel": [40, 0],
     "model.descriptor.neuron": [10, 20, 40],
     "model.descriptor.axis_neuron": 8,
     "model.fitting_net.neuron": [64, 64],
-    "model.fitting_net.baseline": {**ANGULAR[1], "sel": [40]},
+    "model.fitting_net.baseline": SI_SEL40,
 }
 """A small network on si.json's baseline for one element: se_e2_a within the baseline's 5 Å
 (at most 33 Si there in Si64), embedding [10, 20, 40], fitting [64, 64]; with the ``cosine``
@@ -99,6 +103,20 @@ def angular_run(
         *changes,
     )
     return replace(run, settings=settings)
+
+
+def input_run(
+    system: System,
+    steps: int = 20_000,
+    seeds: tuple[int, ...] = (1,),
+    variant: str = "input_lr1e-3",
+    baseline: dict = SI_SEL40,
+    changes: tuple[tuple[str, object], ...] = (("learning_rate", RATE_1E3),),
+) -> Run:
+    """Return the angular run whose network also takes the baseline's features
+    (``network_input``), with ``changes`` (by default a start rate of 1e-3)."""
+    network_input = ("model.fitting_net.baseline", {**baseline, "network_input": True})
+    return angular_run(system, steps, seeds, variant, (network_input, *changes))
 
 
 RUNS = {
@@ -152,7 +170,7 @@ RUNS = {
             variant="mse_lr1e-3",
             changes=(
                 ("loss", {"type": "density"}),
-                ("learning_rate", {"type": "cosine", "start_lr": 1e-3, "stop_lr": 1e-5}),
+                ("learning_rate", RATE_1E3),
             ),
         ),
         # 30 CPU minutes, to set beside DeepDFT's at equal time
@@ -180,7 +198,7 @@ RUNS = {
                 system,
                 steps,
                 variant="sel40",
-                changes=(("model.fitting_net.baseline", {**ANGULAR[1], "sel": [40]}),),
+                changes=(("model.fitting_net.baseline", SI_SEL40),),
             )
             for system, steps in (
                 (SI64, 2_000),
@@ -203,6 +221,31 @@ RUNS = {
                 (SYSTEMS["si64k"], (1,)),
                 (SYSTEMS["asi64"], (1, 2)),
             )
+        ),
+        # the se_e2_a network on top added little or nothing: it also takes the baseline's
+        # features (standardised) after the descriptor; at si.json's rate it learnt its
+        # training points only, so the spectrum prototype's rate (spectrum_network.py)
+        input_run(SYSTEMS["si64k"], variant="input", changes=()),
+        input_run(SYSTEMS["si64k"]),
+        input_run(SI64),
+        input_run(SI64US),
+        *(
+            input_run(
+                SYSTEMS["water32"], steps, (1, 2, 4, 5), "4structures_input_lr1e-3", ANGULAR[2]
+            )
+            for steps in (20_000, 40_000)
+        ),
+        # the same Si64 k-point run from other initial weights and batches: the spread
+        input_run(
+            SYSTEMS["si64k"],
+            variant="input_lr1e-3_seed2",
+            changes=(
+                ("learning_rate", RATE_1E3),
+                *(
+                    (f"{part}.seed", 2)
+                    for part in ("model.descriptor", "model.fitting_net", "training")
+                ),
+            ),
         ),
     )
 }
