@@ -230,6 +230,8 @@ RUNS = {
         input_run(SI64),
         input_run(SI64US),
         input_run(SYSTEMS["water32"], 20_000, (1, 2, 4, 5), "4structures_input_lr1e-3", ANGULAR[2]),
+        input_run(SYSTEMS["asi64"], seeds=(1, 2)),
+        input_run(SYSTEMS["almg32"], variant="ridge1e-07_input_lr1e-3", baseline=ALMG_RIDGE),
         # the same Si64 k-point run from other initial weights and batches: the spread
         input_run(
             SYSTEMS["si64k"],
