@@ -774,10 +774,13 @@ def fit_baseline(
     return (solution / scale)[:-1]
 
 
-def weighted_std(values: np.ndarray, weight: np.ndarray) -> float:
-    """Return the standard deviation of ``values`` with each counted ``weight`` times."""
-    mean = np.average(values, weights=weight)
-    return float(np.sqrt(np.average(np.square(values - mean), weights=weight)))
+def weighted_std(values: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Return the standard deviation of ``values`` along their first axis, rows weighted.
+
+    Each row counts ``weight`` times; a number for shape (n,), one per column for (n, m).
+    """
+    mean = np.average(values, axis=0, weights=weight)
+    return np.sqrt(np.average(np.square(values - mean), axis=0, weights=weight))
 
 
 @Fitting.register(DENSITY)
@@ -1055,9 +1058,7 @@ class DensityFitting(EnerFitting):
             self.baseline_coefficients = coefficients
             if len(self.features_avg):
                 self.features_avg = np.average(features, axis=0, weights=weight)
-                spread = np.sqrt(
-                    np.average(np.square(features - self.features_avg), axis=0, weights=weight)
-                )
+                spread = weighted_std(features, weight)
                 self.features_std = np.where(spread > 0, spread, 1.0)
             log.info(
                 "baseline fitted to %d grid points: density std %.6g, remainder std %.6g e/Å^3",
@@ -1066,7 +1067,7 @@ class DensityFitting(EnerFitting):
                 weighted_std(remainder, weight),
             )
         mean = float(np.average(remainder, weights=weight))
-        std = weighted_std(remainder, weight)
+        std = float(weighted_std(remainder, weight))
         self.bias_atom_e = np.zeros(self.ntypes, dtype=np.float64)
         self.bias_atom_e[self.grid_type] = mean
         self.density_scale = std if std > 0 else 1.0
