@@ -12,7 +12,9 @@ start from file; it writes ``benchmarks/results/scf_start/<system>_seed<seed>.js
 ``--md`` runs pw.x ``calculation = 'md'`` on a thermal Si64 (pw.x's own extrapolation of the
 density from step to step, ``pot_extrapolation`` ``atomic`` or ``second_order``), then an SCF
 from the predicted density, and optionally from atoms, at the positions of each MD step
-(``benchmarks/results/scf_start/md_<extrapolation>.json``).
+(``benchmarks/results/scf_start/md_<extrapolation>.json``). ``--delta-steps`` then starts
+steps of that MD from the previous step's converged density plus the predicted change
+(``delta_start``).
 
 ``--train SYSTEM`` trains the model of a system with the workflow of
 ``benchmarks/accuracy.py`` (one structure, seed 1, 1e5 points, 20,000 steps, start_lr 3e-3,
@@ -28,6 +30,8 @@ Usage::
     python benchmarks/scf_start.py --systems si64 --seeds 2 3
     python benchmarks/scf_start.py --systems si64 si64hot alslab almg32
     python benchmarks/scf_start.py --md --md-steps 10 --md-extrapolation atomic
+    python benchmarks/scf_start.py --md --md-steps 6 --md-only --md-extrapolation second_order \\
+        --delta-steps 2 4      # then the predicted change on step k's density (delta_start)
     python benchmarks/scf_start.py --table
 """
 
@@ -57,6 +61,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "scf_start"
 SI64_MODEL = "benchmarks/runs/si64_baseline_fixed8_20000/model.pb"
 READ_FROM_FILE = "The initial density is read from file"
 FROM_ATOMS = "Initial potential from superposition of free atoms"
+DENSITY = "charge-density.dat"
+WFC_FROM_FILE = "Starting wfcs from file"
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,13 @@ CASES = {
             md.SYSTEMS["si64"],
             (2,),
             "benchmarks/runs/si64_angular_2000/model.pb",
+        ),
+        # si.json's settings since 7 Dec 2026: the baseline's features as the network's input
+        Case(
+            "si64input",
+            md.SYSTEMS["si64"],
+            (2,),
+            "benchmarks/runs/si64_angular_input_lr1e-3_20000/model.pb",
         ),
         # the same accuracy from si_fast.json's small network (budget.py), faster to predict
         Case(
@@ -163,9 +176,11 @@ def timed(command: list[str], cwd: Path, log: Path) -> tuple[float, float]:
     return execute(["nice", "-n", "10", *command], cwd, 1, log)
 
 
-def with_startingpot(text: str) -> str:
-    """Return a pw.x input with ``startingpot = 'file'`` added to its &electrons namelist."""
-    new, count = re.subn(r"(&electrons\s*\n)", r"\1  startingpot = 'file'\n", text, flags=re.I)
+def with_startingpot(text: str, wavefunctions: bool = False) -> str:
+    """Return a pw.x input with ``startingpot = 'file'`` added to its &electrons namelist,
+    and ``startingwfc = 'file'`` if ``wavefunctions``."""
+    lines = "  startingpot = 'file'\n" + ("  startingwfc = 'file'\n" if wavefunctions else "")
+    new, count = re.subn(r"(&electrons\s*\n)", lambda m: m.group(1) + lines, text, flags=re.I)
     if count != 1:
         raise ValueError("no &electrons namelist in the pw.x input")
     return new
@@ -216,11 +231,13 @@ def seconds(text: str) -> float:
     return sum(float(v) * units[u] for v, u in re.findall(r"([\d.]+)\s*([hms])", text))
 
 
-def run_pw(folder: Path, text: str) -> tuple[dict[str, object], float, list[float]]:
+def run_pw(
+    folder: Path, text: str, keep_wavefunctions: bool = False
+) -> tuple[dict[str, object], float, list[float]]:
     """Run pw.x (one process) on ``text`` in ``folder``; return its parse, wall time, load.
 
-    The wavefunctions pw.x leaves in ``tmp/`` are deleted afterwards; its output stays in
-    ``folder/pw.out``.
+    The wavefunctions pw.x leaves in ``tmp/`` are deleted afterwards unless
+    ``keep_wavefunctions``; its output stays in ``folder/pw.out``.
     """
     (folder / "scf.in").write_text(text)
     load = [round(x, 2) for x in os.getloadavg()]
@@ -228,6 +245,8 @@ def run_pw(folder: Path, text: str) -> tuple[dict[str, object], float, list[floa
     parsed = parse_pw((folder / "pw.out").read_text())
     if not parsed["job_done"] or not parsed["iterations"]:
         raise RuntimeError(f"pw.x did not converge in {folder}")
+    if keep_wavefunctions:
+        return parsed, wall, load
     for path in (folder / "tmp").glob("*.wfc*"):
         path.unlink()
     for path in (folder / "tmp").glob("*.save/wfc*.dat"):
@@ -607,6 +626,102 @@ def timed_md(folder: Path, text: str) -> float:
     return wall
 
 
+def delta_start(seed: int, extrapolation: str, steps: list[int], force: bool) -> None:
+    """Start MD step k + 1 from step k's converged density plus the predicted change.
+
+    The start ``rho_k + rho_pred(k + 1) - rho_pred(k)`` (in G space, both predictions scaled
+    to the valence electrons, so the change holds none) is what pw.x's
+    ``pot_extrapolation = 'atomic'`` does with the superposition of atomic densities in place
+    of the predictions. For each k in ``steps``, at the positions of the MD of ``--md
+    --md-extrapolation EXTRAPOLATION`` (run first): an SCF at step k from atoms (kept: its
+    density and wavefunctions), then SCFs at step k + 1 from ``previous`` (``rho_k`` alone,
+    as ``pot_extrapolation = 'none'``) and ``delta`` (the start above), both with
+    ``startingwfc = 'file'`` (step k's wavefunctions, as pw.x's MD keeps them). Their
+    iterations are set beside the MD's own at step k + 1; the model is ``si64input``'s.
+    Writes ``benchmarks/results/scf_start/delta_si64_seed<seed>.json``.
+    """
+    import numpy as np
+
+    from dpcharge.espresso import read_charge_density, write_charge_density_coefficients
+
+    result = RESULTS / f"delta_si64_seed{seed}.json"
+    if result.exists() and not force:
+        print(f"skip {relative(str(result))} (exists)")
+        return
+    md_result = RESULTS / f"md_si64_seed{seed}_{extrapolation}.json"
+    md_output = WORK / f"md_si64_seed{seed}_{extrapolation}" / "md" / "pw.out"
+    if not md_output.exists() or not md_result.exists():
+        raise SystemExit(f"no MD: run --md --md-seed {seed} --md-extrapolation {extrapolation}")
+    md_iterations = json.loads(md_result.read_text())["md"]["iterations"]
+    frames = read(md_output, index=":", format="espresso-out")
+    case = CASES["si64input"]
+    settings = case.system.settings
+    grid = md.fft_grid(frames[0], settings)
+    record: dict[str, object] = {
+        "system": "si64",
+        "seed": seed,
+        "model": case.model,
+        "md_pot_extrapolation": extrapolation,
+        "conv_thr_Ry": settings.conv_thr_per_8_atoms * len(frames[0]) / 8,
+        "pairs": [],
+        "script": "benchmarks/scf_start.py",
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count()},
+    }
+    for k in steps:
+        if k + 1 > len(frames):
+            raise SystemExit(f"the MD has {len(frames)} steps: no step {k + 1}")
+        texts = [md.pw_input(frames[i], settings, None, grid) for i in (k - 1, k)]
+        here = WORK / f"delta_si64_seed{seed}" / f"step{k:02d}"
+        shutil.rmtree(here, ignore_errors=True)
+        for name in ("converged", "predicted_k", "predicted_next", "previous", "delta"):
+            (here / name).mkdir(parents=True)
+        converged, _, _ = run_pw(here / "converged", texts[0], keep_wavefunctions=True)
+        densities, predict_cpu = {}, 0.0
+        for name, text in (("predicted_k", texts[0]), ("predicted_next", texts[1])):
+            (here / name / "scf.in").write_text(text)
+            _, cpu, _ = predict(here / name, case)
+            predict_cpu += cpu
+            densities[name] = read_charge_density(here / name / "tmp" / "pw.save" / DENSITY)
+        densities["converged"] = read_charge_density(
+            here / "converged" / "tmp" / "pw.save" / DENSITY
+        )
+        miller, rho_k, header = densities["converged"]
+        for name in ("predicted_k", "predicted_next"):
+            if not np.array_equal(densities[name][0], miller):
+                raise RuntimeError(f"{name}: other G vectors than pw.x's")
+        change = densities["predicted_next"][1] - densities["predicted_k"][1]
+        row: dict[str, object] = {
+            "step": k + 1,
+            "iterations_md": md_iterations[k],
+            "iterations_converged_step_k_from_atoms": converged["iterations"][0],
+            "dpcharge_cpu_s_both_predictions": round(predict_cpu, 1),
+            # |change| over the cell, e: how far the structure moved in the model's eyes
+            "predicted_change_norm": float(np.sqrt(np.sum(np.abs(change) ** 2))),
+        }
+        for name, start in (("previous", rho_k), ("delta", rho_k + change)):
+            shutil.copytree(here / "converged" / "tmp", here / name / "tmp")
+            write_charge_density_coefficients(
+                here / name / "tmp" / "pw.save" / DENSITY, miller, start, header
+            )
+            parsed, wall, _ = run_pw(here / name, with_startingpot(texts[1], wavefunctions=True))
+            row.update(
+                {
+                    f"iterations_{name}": parsed["iterations"][0],
+                    f"pw_cpu_{name}_s": parsed["pw_cpu_s"],
+                    f"pw_wall_{name}_s": round(wall, 1),
+                    f"h_psi_calls_{name}": parsed["h_psi_calls"],
+                    f"energy_{name}_Ry": parsed["energies_Ry"][-1],
+                    f"read_from_file_{name}": parsed["read_from_file"],
+                    f"wavefunctions_from_file_{name}": WFC_FROM_FILE
+                    in (here / name / "pw.out").read_text(),
+                    f"scf_accuracy_{name}_Ry": parsed["accuracy_Ry"],
+                }
+            )
+        print(f"  step {k + 1}: {row}", flush=True)
+        record["pairs"].append(row)
+        save(record, result)
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -672,6 +787,25 @@ def table() -> str:
                 f"| {s.get('iterations_predicted', '')} "
                 f"| {atomic} | {difference} |"
             )
+    for path in sorted(RESULTS.glob("delta_*.json")):
+        r = json.loads(path.read_text())
+        lines += [
+            "",
+            f"Si64 seed {r['seed']}: step k + 1 of the MD ('{r['md_pot_extrapolation']}') "
+            "from step k's converged density, with step k's wavefunctions",
+            "",
+            "| step | pw.x MD | previous density | previous + predicted change "
+            "| pw.x CPU previous → delta (s) | h_psi previous → delta | ΔE delta − previous (Ry) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for s in r["pairs"]:
+            lines.append(
+                f"| {s['step']} | {s['iterations_md']} | {s['iterations_previous']} "
+                f"| {s['iterations_delta']} | {s['pw_cpu_previous_s']:.0f} → "
+                f"{s['pw_cpu_delta_s']:.0f} | {s['h_psi_calls_previous']} → "
+                f"{s['h_psi_calls_delta']} | "
+                f"{s['energy_delta_Ry'] - s['energy_previous_Ry']:+.1e} |"
+            )
     return "\n".join(lines)
 
 
@@ -699,6 +833,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--md-only", action="store_true", help="only the MD, no SCF at its positions"
+    )
+    parser.add_argument(
+        "--delta-steps",
+        type=int,
+        nargs="+",
+        help="after the MD: start step k + 1 from step k's density plus the predicted change",
     )
     parser.add_argument(
         "--diago-thr-init",
@@ -736,6 +876,8 @@ def main(argv: list[str] | None = None) -> int:
             args.md_only,
             args.md_predict_every,
         )
+    if args.delta_steps:
+        delta_start(args.md_seed, args.md_extrapolation, args.delta_steps, args.force)
     return 0
 
 
