@@ -37,8 +37,10 @@ from dpcharge.errors import InputError
 
 if TYPE_CHECKING:
     import numpy as np
+    from ase import Atoms
 
     from dpcharge.espresso import PwInput
+    from dpcharge.inference import DeepDensity
 
 FLAGS = {
     "chunk": "--chunk",
@@ -443,6 +445,15 @@ def _add_reassemble(commands: argparse._SubParsersAction) -> None:
         "(<outdir>/<prefix>.save/charge-density.dat, outdir relative to this folder)",
     )
     parser.add_argument(
+        "--previous",
+        metavar="PW_INPUT",
+        help="with --format espresso: the pw.x input of an earlier run of the same cell whose "
+        "converged density pw.x left in its outdir (the previous MD, relaxation or "
+        "displacement step); the start is that density plus the predicted change, "
+        "rho_previous + rho_pred(STRUCTURE) - rho_pred(previous structure), instead of the "
+        "prediction alone",
+    )
+    parser.add_argument(
         "--npy", metavar="FILE", help="also save the density as a numpy array (NX, NY, NZ) in e/Å^3"
     )
     parser.add_argument(
@@ -532,6 +543,8 @@ def _add_prediction_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_reassemble(args: argparse.Namespace) -> None:
+    import numpy as np
+
     from dpcharge import parallel
     from dpcharge.chgcar import read_density, write_chgcar, write_cube
     from dpcharge.grid import check_cell, choose_grid
@@ -548,18 +561,23 @@ def _run_reassemble(args: argparse.Namespace) -> None:
         raise InputError("--moment rescales a predicted magnetisation: give --magnetization")
     comm = parallel.world()
     root = parallel.is_root(comm)
-    espresso = paw = None
+    espresso = paw = previous = None
+    if args.previous is not None and args.format != "espresso":
+        raise InputError("--previous starts a pw.x run from an earlier one: use --format espresso")
     if args.format == "espresso":
         from dpcharge.espresso import PAW_OCCUPATIONS, atomic_paw_occupations
 
         espresso = _pw_start(args)
         paw = atomic_paw_occupations(espresso)
         structures, reference = [espresso.atoms], None
+        if args.previous is not None:
+            previous, previous_densities = _previous_run(args, espresso, paw is not None)
     elif args.output is None:
         raise InputError("the output file is missing", "output")
     else:
         structures, reference = read_structures(args.structure, args.frames)
     inputs = [*args.models, args.structure, *([args.like] if args.like else [])]
+    inputs += [args.previous] if args.previous else []
     if args.magnetization is not None:
         inputs.append(args.magnetization)
     frames = len(structures)
@@ -639,21 +657,14 @@ def _run_reassemble(args: argparse.Namespace) -> None:
                 "memory for the grid",
                 flush=True,
             )
-        with _Progress(points * (1 + spin) if root else 0) as progress:
-            if comm is None:
-                result = model.predict_grid(atoms, shape, args.chunk, progress, spread)
-                if spin:
-                    magnetization = magnetization_model.predict_grid(
-                        atoms, shape, args.chunk, progress
-                    )
-            else:
-                result = parallel.predict_grid(
-                    model, atoms, shape, args.chunk, comm, progress, spread
-                )
-                if spin:
-                    magnetization = parallel.predict_grid(
-                        magnetization_model, atoms, shape, args.chunk, comm, progress
-                    )
+        runs = 1 + (previous is not None)
+        with _Progress(points * (1 + spin) * runs if root else 0) as progress:
+            models = (model, magnetization_model)
+            result, magnetization = _predict(
+                models, atoms, shape, args.chunk, comm, progress, spread
+            )
+            if previous is not None:
+                before = _predict(models, previous.atoms, shape, args.chunk, comm, progress)
         if not root:
             continue
         density, deviation = result if spread else (result, None)
@@ -665,8 +676,23 @@ def _run_reassemble(args: argparse.Namespace) -> None:
         if target is not None:
             density = rescale_to_electrons(density, volume, target)
             print(f"rescaled to {electron_count(density, volume):.4f} e")
+        if previous is not None:  # the earlier run's density plus the predicted change
+            change = density - rescale_to_electrons(before[0], volume, target)
+            density = previous_densities[0] + change
+            print(
+                f"start: the converged density of {previous.path} plus the predicted change "
+                f"(mean |change| {np.abs(change).mean():.3g} e/Å^3), "
+                f"{electron_count(density, volume):.4f} e"
+            )
         if spin:
             _report_magnetization(atoms, density, magnetization)
+            if previous is not None:
+                change = magnetization - before[1]
+                magnetization = previous_densities[1] + change
+                print(
+                    f"start: the previous magnetisation plus the predicted change, "
+                    f"{electron_count(magnetization, volume):.4f} μB"
+                )
             if args.moment is not None:
                 magnetization = rescale_to_moment(magnetization, volume, args.moment)
                 print(f"rescaled to {electron_count(magnetization, volume):.4f} μB")
@@ -722,6 +748,70 @@ def _pw_start(args: argparse.Namespace) -> PwInput:
     if args.output is None:
         args.output = str(pw.charge_density_path)
     return pw
+
+
+def _previous_run(
+    args: argparse.Namespace, pw: PwInput, paw: bool
+) -> tuple[PwInput, list[np.ndarray]]:
+    """Read the pw.x input of ``--previous`` and its converged density on this run's grid.
+
+    Returns the input and its density (e/Å^3), then its magnetisation with nspin = 2, on
+    ``pw``'s dense grid; refuses a run whose density cannot start ``pw``.
+    """
+    from dpcharge.espresso import charge_density_to_grid, read_pw_input
+
+    if paw:
+        raise InputError(
+            "--previous: a PAW run also carries on-site occupations, which dpcharge does not "
+            "predict; start it from the prediction alone (drop --previous)"
+        )
+    if args.moment is not None:
+        raise InputError(
+            "--moment rescales a predicted magnetisation; with --previous the start is the "
+            "previous run's magnetisation plus the predicted change: drop --moment"
+        )
+    previous = read_pw_input(args.previous)
+    if not _same_cell(previous.atoms.cell.array, pw.atoms.cell.array):
+        raise InputError(
+            f"--previous: the cell of {previous.path} is not that of {pw.path}; the change "
+            "is predicted within one cell"
+        )
+    if previous.nspin != pw.nspin:
+        raise InputError(
+            f"--previous: {previous.path} has nspin = {previous.nspin}, {pw.path} nspin = "
+            f"{pw.nspin}"
+        )
+    if not previous.charge_density_path.is_file():
+        raise InputError(
+            f"--previous: no converged density of {previous.path} at "
+            f"{previous.charge_density_path} (outdir relative to this folder): run pw.x on "
+            "it first"
+        )
+    components = ("total", "magnetization")[: pw.nspin]
+    path = previous.charge_density_path
+    return previous, [charge_density_to_grid(path, pw.atoms, pw.dense_grid, c) for c in components]
+
+
+def _predict(
+    models: tuple[DeepDensity, DeepDensity | None],
+    atoms: Atoms,
+    shape: tuple[int, int, int],
+    chunk: int,
+    comm: object,
+    progress: _Progress,
+    spread: bool = False,
+) -> tuple[object, np.ndarray | None]:
+    """Predict the density (and its spread) and, with a second model, the magnetisation."""
+    from dpcharge import parallel
+
+    def grid(model: DeepDensity, spread: bool = False) -> object:
+        if comm is None:
+            return model.predict_grid(atoms, shape, chunk, progress, spread)
+        return parallel.predict_grid(model, atoms, shape, chunk, comm, progress, spread)
+
+    density_model, magnetization_model = models
+    density = grid(density_model, spread)
+    return density, None if magnetization_model is None else grid(magnetization_model)
 
 
 def _write_pw_start(

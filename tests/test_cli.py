@@ -477,17 +477,30 @@ QE_SI2 = DATA / "qe" / "si2" / "scf.in"
 SI_UPF = Path("/usr/share/espresso/pseudo/Si.pbe-rrkj.UPF")
 
 
-def start_pw_x_from_file(scf: Path) -> None:
-    """Run pw.x on ``scf`` with startingpot = 'file'; check it read the density and converged."""
+def pw_x_output(scf: Path, *lines: str) -> str:
+    """Run pw.x on ``scf`` (``lines`` added to &ELECTRONS) in its folder; return its output."""
     if shutil.which("pw.x") is None:
         pytest.skip("pw.x is not installed (Debian's quantum-espresso): the SCF start not run")
-    scf.write_text(scf.read_text().replace("&ELECTRONS\n", "&ELECTRONS\n  startingpot = 'file'\n"))
+    if lines:
+        added = "".join(f"  {line}\n" for line in lines)
+        scf.write_text(scf.read_text().replace("&ELECTRONS\n", "&ELECTRONS\n" + added))
     run = subprocess.run(
         ["pw.x", "-in", scf.name], capture_output=True, text=True, cwd=scf.parent, check=False
     )
-    assert run.returncode == 0, run.stdout[-2000:]
-    assert "The initial density is read from file" in run.stdout
-    assert "convergence has been achieved" in run.stdout
+    assert run.returncode == 0 and "convergence has been achieved" in run.stdout, run.stdout[-2000:]
+    return run.stdout
+
+
+def pw_x_energy(output: str) -> float:
+    """Return the converged total energy (Ry) of a pw.x output."""
+    return float(output.split("!    total energy")[1].split("=")[1].split()[0])
+
+
+def start_pw_x_from_file(scf: Path) -> str:
+    """Run pw.x on ``scf`` with startingpot = 'file'; check it read the density."""
+    output = pw_x_output(scf, "startingpot = 'file'")
+    assert "The initial density is read from file" in output
+    return output
 
 
 @pytest.mark.skipif(not SI_UPF.exists(), reason="Debian's quantum-espresso-data is not installed")
@@ -510,6 +523,74 @@ def test_reassemble_writes_the_start_density_of_a_pw_x_run(
     again = in_process("reassemble", frozen_model, scf, "--format", "espresso")
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwritten
     start_pw_x_from_file(scf)
+
+
+@pytest.mark.skipif(not SI_UPF.exists(), reason="Debian's quantum-espresso-data is not installed")
+def test_reassemble_starts_pw_x_from_the_previous_run_plus_the_predicted_change(
+    frozen_model, tmp_path, in_process, monkeypatch
+):
+    from dpcharge.espresso import charge_density_to_grid, read_pw_input
+
+    monkeypatch.chdir(tmp_path)  # pw.x's outdir is relative to the folder it runs in
+    text = QE_SI2.read_text()
+    moved = text.replace("Si 1.40 1.33 1.36", "Si 1.46 1.30 1.38")  # the next step
+    inputs = {}
+    for name, body in (("previous", text), ("alone_previous", text), ("alone", moved)):
+        inputs[name] = tmp_path / f"{name}.in"
+        inputs[name].write_text(body.replace("./out", f"./{name}"))
+    pw_x_output(inputs["previous"])  # converged: ./previous/si.save/charge-density.dat
+    for name in ("alone_previous", "alone"):  # the predictions alone
+        made = in_process("reassemble", frozen_model, inputs[name], "--format", "espresso")
+        assert made.returncode == 0, made.stderr
+    scf = tmp_path / "scf.in"
+    scf.write_text(moved)
+    result = in_process(
+        "reassemble", frozen_model, scf, "--format", "espresso", "--previous", inputs["previous"]
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"the converged density of {inputs['previous']} plus the predicted change" in (
+        result.stdout
+    )
+    pw = read_pw_input(scf)
+
+    def density(folder: str) -> np.ndarray:
+        path = tmp_path / folder / "si.save" / "charge-density.dat"
+        return charge_density_to_grid(path, pw.atoms, pw.dense_grid)
+
+    # rho_previous + rho_pred(moved) - rho_pred(previous), each prediction scaled to 8 e
+    expected = density("previous") + density("alone") - density("alone_previous")
+    written = density("out")
+    np.testing.assert_allclose(written, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+    assert electron_count(written, pw.atoms.get_volume()) == pytest.approx(8, abs=1e-9)
+    assert not np.allclose(written, density("previous"), atol=1e-6)  # the change is there
+
+    start = start_pw_x_from_file(scf)
+    atomic = tmp_path / "atomic.in"
+    atomic.write_text(moved.replace("./out", "./atomic"))
+    conv_thr = 1e-9  # the input's, plus the last of the 8 decimals pw.x prints
+    assert pw_x_energy(start) == pytest.approx(
+        pw_x_energy(pw_x_output(atomic)), abs=conv_thr + 1e-8
+    )
+
+
+@pytest.mark.skipif(not SI_UPF.exists(), reason="Debian's quantum-espresso-data is not installed")
+def test_reassemble_refuses_a_previous_run_that_cannot_start_this_one(
+    frozen_model, tmp_path, in_process, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    scf, previous, other = (tmp_path / name for name in ("scf.in", "previous.in", "other.in"))
+    scf.write_text(QE_SI2.read_text())
+    previous.write_text(QE_SI2.read_text().replace("./out", "./previous"))
+    other.write_text(QE_SI2.read_text().replace("2.715", "2.8"))
+    for args, message in (
+        ((previous,), "--previous: no converged density of"),
+        ((other,), "is not that of"),
+    ):
+        result = in_process(
+            "reassemble", frozen_model, scf, "--format", "espresso", "--previous", *args
+        )
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.in", "previous.in", "scf.in"]
 
 
 O_PAW = SI_UPF.parent / "O.pbe-kjpaw.UPF"

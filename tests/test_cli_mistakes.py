@@ -423,6 +423,10 @@ REASSEMBLE = {
         ],
         "--npy: ",
     ),
+    "previous run without --format espresso": (
+        lambda f, m: ["reassemble", m.pb, SI8, "-o", "out", "--previous", SI8],
+        "--previous starts a pw.x run from an earlier one: use --format espresso",
+    ),
     "like a file of another cell": (
         lambda f, m: ["reassemble", m.pb, SI8, "-o", "out", "--like", SI64],
         "CHGCAR_Si64_gamma_qe.gz: its cell differs",
