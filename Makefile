@@ -30,7 +30,7 @@ benchmarks: $(VENV)/.installed
 	$(PYTHON) benchmarks/data/make_densities.py --systems si64k3
 	$(PYTHON) benchmarks/data/make_densities.py --systems alslab --snapshots 4
 	$(PYTHON) benchmarks/data/make_densities.py --systems almg32 asi64 --snapshots 3
-	$(PYTHON) benchmarks/data/make_densities.py --systems water32 --snapshots 5
+	$(PYTHON) benchmarks/data/make_densities.py --systems water32 --snapshots 7
 	$(PYTHON) benchmarks/data/make_densities.py --systems fe16 --snapshots 3
 	$(PYTHON) benchmarks/data/make_densities.py --systems si216 almg108 water64
 	$(PYTHON) benchmarks/accuracy.py --steps $(STEPS) --jobs $(JOBS)
@@ -39,7 +39,7 @@ benchmarks: $(VENV)/.installed
 	$(PYTHON) benchmarks/step_cost.py --variants exclude_real --allocators glibc glibc_tuned tcmalloc --steps 800
 	$(PYTHON) benchmarks/step_cost.py --variants exclude_real_angular exclude_real_angular_sel40 --allocators tcmalloc --steps 600
 	$(PYTHON) benchmarks/baseline_ablation.py --runs overhead screen budget loss optimiser width schedule --alone --table
-	$(PYTHON) benchmarks/budget.py --jobs $(JOBS) --table
+	$(PYTHON) benchmarks/budget.py --jobs $(JOBS) --table --ensembles si64k_input_lr1e-3_2models si64us_input_lr1e-3_2models water32_4structures_input_lr1e-3_2models
 	$(PYTHON) benchmarks/spin.py --variant angular --jobs $(JOBS)
 	$(PYTHON) benchmarks/uncertainty.py --experiments ranking water points structures --jobs $(JOBS) --table
 
