@@ -636,7 +636,8 @@ def delta_start(seed: int, extrapolation: str, steps: list[int], force: bool) ->
     --md-extrapolation EXTRAPOLATION`` (run first): an SCF at step k from atoms (kept: its
     density and wavefunctions), then SCFs at step k + 1 from ``previous`` (``rho_k`` alone,
     as ``pot_extrapolation = 'none'``) and ``delta`` (the start above), both with
-    ``startingwfc = 'file'`` (step k's wavefunctions, as pw.x's MD keeps them). Their
+    ``startingwfc = 'file'`` (step k's wavefunctions, as pw.x's MD keeps them), and both
+    again from pw.x's default start of the wavefunctions (``*_atomic_wfc``). Their
     iterations are set beside the MD's own at step k + 1; the model is ``si64input``'s.
     Writes ``benchmarks/results/scf_start/delta_si64_seed<seed>.json``.
     """
@@ -673,7 +674,7 @@ def delta_start(seed: int, extrapolation: str, steps: list[int], force: bool) ->
         texts = [md.pw_input(frames[i], settings, None, grid) for i in (k - 1, k)]
         here = WORK / f"delta_si64_seed{seed}" / f"step{k:02d}"
         shutil.rmtree(here, ignore_errors=True)
-        for name in ("converged", "predicted_k", "predicted_next", "previous", "delta"):
+        for name in ("converged", "predicted_k", "predicted_next"):
             (here / name).mkdir(parents=True)
         converged, _, _ = run_pw(here / "converged", texts[0], keep_wavefunctions=True)
         densities, predict_cpu = {}, 0.0
@@ -695,15 +696,22 @@ def delta_start(seed: int, extrapolation: str, steps: list[int], force: bool) ->
             "iterations_md": md_iterations[k],
             "iterations_converged_step_k_from_atoms": converged["iterations"][0],
             "dpcharge_cpu_s_both_predictions": round(predict_cpu, 1),
-            # |change| over the cell, e: how far the structure moved in the model's eyes
+            # the L2 norm of the change's coefficients rho(G) (e/bohr^3): how far it moved
             "predicted_change_norm": float(np.sqrt(np.sum(np.abs(change) ** 2))),
         }
-        for name, start in (("previous", rho_k), ("delta", rho_k + change)):
+        variants = [
+            (f"{name}{'' if wavefunctions else '_atomic_wfc'}", start, wavefunctions)
+            for wavefunctions in (True, False)
+            for name, start in (("previous", rho_k), ("delta", rho_k + change))
+        ]
+        for name, start, wavefunctions in variants:
+            (here / name).mkdir(exist_ok=True)
             shutil.copytree(here / "converged" / "tmp", here / name / "tmp")
             write_charge_density_coefficients(
                 here / name / "tmp" / "pw.save" / DENSITY, miller, start, header
             )
-            parsed, wall, _ = run_pw(here / name, with_startingpot(texts[1], wavefunctions=True))
+            text = with_startingpot(texts[1], wavefunctions=wavefunctions)
+            parsed, wall, _ = run_pw(here / name, text)
             row.update(
                 {
                     f"iterations_{name}": parsed["iterations"][0],
@@ -795,16 +803,24 @@ def table() -> str:
             "from step k's converged density, with step k's wavefunctions",
             "",
             "| step | pw.x MD | previous density | previous + predicted change "
-            "| pw.x CPU previous → delta (s) | h_psi previous → delta | ΔE delta − previous (Ry) |",
-            "|---|---|---|---|---|---|---|",
+            "| pw.x CPU previous → delta (s) | h_psi previous → delta | ΔE delta − previous (Ry) "
+            "| the same, atomic wavefunctions: previous → delta | pw.x CPU (s) |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for s in r["pairs"]:
+            atomic_wfc = "| | |"
+            if "iterations_delta_atomic_wfc" in s:
+                atomic_wfc = (
+                    f"| {s['iterations_previous_atomic_wfc']} → {s['iterations_delta_atomic_wfc']} "
+                    f"| {s['pw_cpu_previous_atomic_wfc_s']:.0f} → "
+                    f"{s['pw_cpu_delta_atomic_wfc_s']:.0f} |"
+                )
             lines.append(
                 f"| {s['step']} | {s['iterations_md']} | {s['iterations_previous']} "
                 f"| {s['iterations_delta']} | {s['pw_cpu_previous_s']:.0f} → "
                 f"{s['pw_cpu_delta_s']:.0f} | {s['h_psi_calls_previous']} → "
                 f"{s['h_psi_calls_delta']} | "
-                f"{s['energy_delta_Ry'] - s['energy_previous_Ry']:+.1e} |"
+                f"{s['energy_delta_Ry'] - s['energy_previous_Ry']:+.1e} " + atomic_wfc
             )
     return "\n".join(lines)
 
