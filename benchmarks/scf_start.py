@@ -32,6 +32,7 @@ Usage::
     python benchmarks/scf_start.py --md --md-steps 10 --md-extrapolation atomic
     python benchmarks/scf_start.py --md --md-steps 6 --md-only --md-extrapolation second_order \\
         --delta-steps 2 4      # then the predicted change on step k's density (delta_start)
+    python benchmarks/scf_start.py --systems almg32input --displace 0.01   # finite displacement
     python benchmarks/scf_start.py --table
 """
 
@@ -134,6 +135,13 @@ CASES = {
             md.SYSTEMS["almg32"],
             (2, 3),
             "benchmarks/runs/almg32_angular_ridge1e-07_2000/model.pb",
+        ),
+        # the same with the features as the network's input (budget.py), 7.9e-4
+        Case(
+            "almg32input",
+            md.SYSTEMS["almg32"],
+            (2,),
+            "benchmarks/runs/almg32_angular_ridge1e-07_input_lr1e-3_20000/model.pb",
         ),
         # amorphous Si: the angular model trained on seeds 1 and 2 (budget.py), seed 3 held out
         Case(
@@ -730,6 +738,81 @@ def delta_start(seed: int, extrapolation: str, steps: list[int], force: bool) ->
         save(record, result)
 
 
+def displaced_start(case: Case, seed: int, distance: float, force: bool) -> None:
+    """Start pw.x on a structure with its first atom displaced from the previous one's density.
+
+    A finite-displacement step (phonons): pw.x converges structure ``seed`` from atoms
+    (``previous``), then the same structure with atom 0 moved by ``distance`` Å along x runs
+    from atoms (``atomic``), from the previous converged density alone (``restart``), and
+    from ``dpcharge reassemble MODEL scf.in --format espresso --previous previous.in``
+    (``delta``: the previous density plus the predicted change), each with pw.x's default
+    start of the wavefunctions. Writes
+    ``benchmarks/results/scf_start/displaced_<case>_seed<seed>.json``.
+    """
+    result = RESULTS / f"displaced_{case.name}_seed{seed}.json"
+    if result.exists() and not force:
+        print(f"skip {relative(str(result))} (exists)")
+        return
+    atoms, recipe = case.system.build(seed)
+    settings, kpoints, shift = case.system.settings, case.system.kpoints, case.system.kpoint_shift
+    grid = md.fft_grid(atoms, settings)
+    moved = atoms.copy()
+    moved.positions[0, 0] += distance
+    texts = [md.pw_input(a, settings, kpoints, grid, shift) for a in (atoms, moved)]
+    folder = WORK / f"displaced_{case.name}_seed{seed}"
+    shutil.rmtree(folder, ignore_errors=True)
+    for name in ("previous", "atomic", "restart", "delta"):
+        (folder / name).mkdir(parents=True)
+    print(f"{case.name} seed {seed}, atom 0 moved by {distance} Å", flush=True)
+    previous, _, _ = run_pw(folder / "previous", texts[0])
+    record: dict[str, object] = {
+        "system": case.name,
+        "seed": seed,
+        "structure_recipe": recipe,
+        "displacement_A": [distance, 0.0, 0.0],
+        "displaced_atom": 0,
+        "model": case.model,
+        "conv_thr_Ry": settings.conv_thr_per_8_atoms * len(atoms) / 8,
+        "kpoints": md.kpoints_label(kpoints, shift),
+        "iterations_previous_from_atoms": previous["iterations"][0],
+        "script": "benchmarks/scf_start.py",
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count()},
+    }
+    shutil.copytree(folder / "previous" / "tmp", folder / "restart" / "tmp")
+    previous_input, count = re.subn(
+        r"outdir\s*=\s*'\./tmp'", "outdir = '../previous/tmp'", texts[0]
+    )
+    if count != 1:
+        raise RuntimeError("no outdir = './tmp' in the pw.x input")
+    (folder / "delta" / "previous.in").write_text(previous_input)
+    (folder / "delta" / "scf.in").write_text(with_startingpot(texts[1]))
+    command = [tool("dpcharge"), "reassemble", str(ROOT / case.model), "scf.in"]
+    command += ["--format", "espresso", "--previous", "previous.in", "--threads", "1"]
+    predict_wall, predict_cpu = timed(command, folder / "delta", folder / "delta" / "dpcharge.log")
+    record.update(dpcharge_wall_s=round(predict_wall, 1), dpcharge_cpu_s=round(predict_cpu, 1))
+    for name, text in (
+        ("atomic", texts[1]),
+        ("restart", with_startingpot(texts[1])),
+        ("delta", with_startingpot(texts[1])),
+    ):
+        parsed, wall, load = run_pw(folder / name, text)
+        record[name] = {
+            "iterations": parsed["iterations"][0],
+            "pw_cpu_s": parsed["pw_cpu_s"],
+            "pw_wall_s": round(wall, 1),
+            "h_psi_calls": parsed["h_psi_calls"],
+            "energy_Ry": parsed["energies_Ry"][-1],
+            "read_from_file": parsed["read_from_file"],
+            "scf_accuracy_Ry": parsed["accuracy_Ry"],
+            "load_average_before": load,
+        }
+        print(f"  {name}: {parsed['iterations'][0]} iterations, pw.x CPU {parsed['pw_cpu_s']} s")
+        save(record, result)
+    record["dpcharge_output"] = relative((folder / "delta" / "dpcharge.log").read_text())
+    record["dpcharge_output"] = record["dpcharge_output"].strip().splitlines()[-4:]
+    save(record, result)
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -795,6 +878,23 @@ def table() -> str:
                 f"| {s.get('iterations_predicted', '')} "
                 f"| {atomic} | {difference} |"
             )
+    for path in sorted(RESULTS.glob("displaced_*.json")):
+        r = json.loads(path.read_text())
+        lines += [
+            "",
+            f"{r['system']} seed {r['seed']}, atom {r['displaced_atom']} moved by "
+            f"{r['displacement_A']} Å; dpcharge {r['dpcharge_cpu_s']:.0f} CPU s",
+            "",
+            "| start | iterations | pw.x CPU (s) | h_psi calls | first estimated accuracy (Ry) "
+            "| energy (Ry) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name in ("atomic", "restart", "delta"):
+            run = r[name]
+            lines.append(
+                f"| {name} | {run['iterations']} | {run['pw_cpu_s']:.0f} | {run['h_psi_calls']} "
+                f"| {run['scf_accuracy_Ry'][0]:.1e} | {run['energy_Ry']:.8f} |"
+            )
     for path in sorted(RESULTS.glob("delta_*.json")):
         r = json.loads(path.read_text())
         lines += [
@@ -851,6 +951,13 @@ def main(argv: list[str] | None = None) -> int:
         "--md-only", action="store_true", help="only the MD, no SCF at its positions"
     )
     parser.add_argument(
+        "--displace",
+        type=float,
+        metavar="Å",
+        help="with --systems: the first atom of each seed moved by this along x, started "
+        "from the undisplaced structure's density plus the predicted change",
+    )
+    parser.add_argument(
         "--delta-steps",
         type=int,
         nargs="+",
@@ -877,7 +984,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for name in args.systems:
         for seed in args.seeds or CASES[name].seeds:
-            if args.diago_thr_init is not None:
+            if args.displace is not None:
+                displaced_start(CASES[name], seed, args.displace, args.force)
+            elif args.diago_thr_init is not None:
                 loose_first_diagonalisation(CASES[name], seed, args.diago_thr_init)
             else:
                 start_both(CASES[name], seed, args.force)
