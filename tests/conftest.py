@@ -9,6 +9,7 @@ and freezes it with ``dp freeze``, all as subprocesses, once per test session.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -85,6 +86,15 @@ def train_and_freeze(folder: Path, config: dict) -> Path:
         result = run(DP, "--tf", *step, cwd=folder)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return folder / "model.pb"
+
+
+def scf_result(output: str) -> tuple[float, int]:
+    """Return the total energy (Ry) and the number of SCF iterations of a pw.x output."""
+    energy = float(re.search(r"^!\s+total energy\s+=\s+(\S+) Ry", output, re.M).group(1))
+    iterations = int(
+        re.search(r"convergence has been achieved in\s+(\d+) iterations", output).group(1)
+    )
+    return energy, iterations
 
 
 def sphere_of_atoms(count, radius=3.0, box=20.0):

@@ -15,6 +15,7 @@ from ase.build import bulk
 from ase.calculators.vasp import VaspChargeDensity
 from ase.io.cube import read_cube_data
 from ase.units import Bohr
+from conftest import scf_result
 
 from dpcharge.chgcar import read_density
 from dpcharge.cli import main
@@ -491,11 +492,6 @@ def pw_x_output(scf: Path, *lines: str) -> str:
     return run.stdout
 
 
-def pw_x_energy(output: str) -> float:
-    """Return the converged total energy (Ry) of a pw.x output."""
-    return float(output.split("!    total energy")[1].split("=")[1].split()[0])
-
-
 def start_pw_x_from_file(scf: Path) -> str:
     """Run pw.x on ``scf`` with startingpot = 'file'; check it read the density."""
     output = pw_x_output(scf, "startingpot = 'file'")
@@ -568,8 +564,8 @@ def test_reassemble_starts_pw_x_from_the_previous_run_plus_the_predicted_change(
     atomic = tmp_path / "atomic.in"
     atomic.write_text(moved.replace("./out", "./atomic"))
     conv_thr = 1e-9  # the input's, plus the last of the 8 decimals pw.x prints
-    assert pw_x_energy(start) == pytest.approx(
-        pw_x_energy(pw_x_output(atomic)), abs=conv_thr + 1e-8
+    assert scf_result(start)[0] == pytest.approx(
+        scf_result(pw_x_output(atomic))[0], abs=conv_thr + 1e-8
     )
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from ase.io import read
 from ase.io.cube import read_cube
+from conftest import scf_result
 
 from dpcharge.errors import InputError
 from dpcharge.espresso import (
@@ -310,15 +311,6 @@ def run_pw(folder: Path, text: str) -> str:
     done = call_pw(folder, text)
     assert "JOB DONE" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
     return done.stdout
-
-
-def scf_result(output: str) -> tuple[float, int]:
-    """Return the total energy (Ry) and the number of SCF iterations of a pw.x output."""
-    energy = float(re.search(r"^!\s+total energy\s+=\s+(\S+) Ry", output, re.M).group(1))
-    iterations = int(
-        re.search(r"convergence has been achieved in\s+(\d+) iterations", output).group(1)
-    )
-    return energy, iterations
 
 
 @needs_pw
